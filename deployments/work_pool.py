@@ -1,0 +1,79 @@
+"""The p3s work pool and its priority queues, created or brought up to date idempotently.
+
+p3s served jobs from priority 10 down to 0. Prefect serves the work queue with the lowest
+``priority`` number first, so p3s priority ``p`` goes to queue ``priority-p`` whose Prefect
+priority is ``11 - p``; the pool's ``default`` queue (used by ``prefect deployment run``
+without ``--work-queue``) sits with p3s priority 0.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
+from prefect.exceptions import ObjectNotFound
+
+P3S_PRIORITIES = range(10, -1, -1)
+
+
+def queue_for_priority(priority: int) -> str:
+    """Name of the work queue that serves p3s priority ``priority`` (0..10)."""
+    if not 0 <= priority <= 10:
+        raise ValueError(f"p3s priority must be within 0..10, got {priority}")
+    return f"priority-{priority}"
+
+
+def prefect_priority(priority: int) -> int:
+    """Prefect's queue priority (1 is served first) for a p3s priority (10 is served first)."""
+    return 11 - priority
+
+
+def default_base_job_template(pool_type: str) -> dict[str, Any]:
+    """The base job template of a worker type known to this installation."""
+    from prefect.workers.process import ProcessWorker
+
+    if pool_type == "process":
+        return ProcessWorker.get_default_base_job_template()
+    raise ValueError(f"no base job template known for work pool type {pool_type!r}")
+
+
+async def ensure_work_pool(
+    client: PrefectClient, name: str, *, pool_type: str = "process", concurrency: int | None
+) -> list[str]:
+    """Create the pool and its queues if missing, else update them; returns what changed."""
+    changes: list[str] = []
+    try:
+        pool = await client.read_work_pool(name)
+        if pool.concurrency_limit != concurrency:
+            await client.update_work_pool(name, WorkPoolUpdate(concurrency_limit=concurrency))
+            changes.append(f"pool {name}: concurrency {concurrency}")
+    except ObjectNotFound:
+        await client.create_work_pool(
+            WorkPoolCreate(
+                name=name,
+                type=pool_type,
+                base_job_template=default_base_job_template(pool_type),
+                concurrency_limit=concurrency,
+                description="p3s jobs and DQM flows",
+            )
+        )
+        changes.append(f"pool {name} created")
+
+    existing = {q.name: q for q in await client.read_work_queues(work_pool_name=name)}
+    wanted = {queue_for_priority(p): prefect_priority(p) for p in P3S_PRIORITIES}
+    wanted["default"] = prefect_priority(0) + 1
+    for queue_name, priority in wanted.items():
+        queue = existing.get(queue_name)
+        if queue is None:
+            await client.create_work_queue(
+                name=queue_name,
+                work_pool_name=name,
+                priority=priority,
+                description=f"p3s priority {queue_name.removeprefix('priority-')}",
+            )
+            changes.append(f"queue {queue_name} created")
+        elif queue.priority != priority:
+            await client.update_work_queue(queue.id, priority=priority)
+            changes.append(f"queue {queue_name}: priority {priority}")
+    return changes

@@ -1,0 +1,44 @@
+"""The ``p3s`` command line: system up/down, p3s jobs, simulation.
+
+Prefect is imported inside the commands, after the environment points its client at this
+home's server; a client without ``PREFECT_API_URL`` would start an ephemeral server instead.
+"""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+
+from p3s.prefect_env import apply_client_environment
+from p3s.settings import get_settings
+
+from . import job as job_commands
+from . import system as system_commands
+
+console = Console()
+app = typer.Typer(
+    name="p3s",
+    help="Prompt processing and DQM for protoDUNE-SP on Prefect.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _configure() -> None:
+    apply_client_environment(get_settings())
+
+
+system_commands.register(app)
+app.add_typer(job_commands.app, name="job")
+
+try:  # the simulator arrives with the payloads
+    from .simulate import register as _register_simulate
+
+    _register_simulate(app)
+except ImportError:
+    pass
+
+
+def main() -> None:
+    app()

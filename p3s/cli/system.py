@@ -1,0 +1,79 @@
+"""``p3s up``, ``p3s down``, ``p3s status``, ``p3s deploy``."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from p3s import system
+from p3s.settings import get_settings
+
+console = Console()
+
+
+def _report(line: str) -> None:
+    console.print(f"[green]✓[/green] {line}")
+
+
+def _fail(exc: Exception) -> None:
+    console.print(f"[red]✗ {exc}[/red]")
+    raise typer.Exit(1)
+
+
+def up() -> None:
+    """Bring the system up on this machine: Prefect server, work pool, deployments, worker."""
+    settings = get_settings()
+    console.print(f"[bold]p3s up[/bold]  home {settings.home}")
+    steps = [
+        ("starting the Prefect server", system.start_server),
+        ("creating the work pool and its priority queues", system.setup_work_pool),
+        ("applying the deployments of prefect.yaml", system.deploy),
+        ("starting the worker", system.start_worker),
+    ]
+    for folder in (settings.home, settings.run_dir, settings.job_logs, settings.data):
+        folder.mkdir(parents=True, exist_ok=True)
+    try:
+        for title, step in steps:
+            with console.status(f"{title}…"):
+                step(settings, _report)
+    except Exception as exc:  # an operator wants the reason, not a traceback
+        _fail(exc)
+    base = settings.api_url.removesuffix("/api")
+    console.print(f"\n[bold]Prefect UI:[/bold] {base}    stop with: p3s down")
+
+
+def down() -> None:
+    """Stop exactly the processes that `p3s up` started."""
+    system.down(get_settings(), _report)
+
+
+def status() -> None:
+    """Show the processes that `p3s up` started and whether the API answers."""
+    settings = get_settings()
+    table = Table("service", "pid", "log")
+    for row in system.status(settings):
+        table.add_row(row.name, str(row.pid) if row.pid else "[red]not running[/red]", str(row.log))
+    console.print(table)
+    healthy = system.api_healthy(settings.api_url)
+    console.print(
+        f"Prefect API {settings.api_url}: "
+        + ("[green]OK[/green]" if healthy else "[red]not answering[/red]")
+    )
+    if not healthy:
+        raise typer.Exit(1)
+
+
+def deploy() -> None:
+    """Create the work pool and apply prefect.yaml's deployments to a running server."""
+    settings = get_settings()
+    try:
+        system.setup_work_pool(settings, _report)
+        system.deploy(settings, _report)
+    except Exception as exc:
+        _fail(exc)
+
+
+def register(app: typer.Typer) -> None:
+    for command in (up, down, status, deploy):
+        app.command()(command)

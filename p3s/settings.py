@@ -1,0 +1,135 @@
+"""Every p3s setting in one pydantic-settings tree, overridable by ``P3S_...`` variables.
+
+Nested groups map onto ``P3S_<GROUP>__<FIELD>`` (for example ``P3S_SERVER__PORT``); the
+top-level fields are plain ``P3S_<FIELD>`` (for example ``P3S_PAYLOAD_ROOTS``). Lists are
+given as JSON (``'["/opt/a", "/opt/b"]'``) or, for paths, ``os.pathsep``-separated.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+#: Where the repository (or the installed package) lives: the default home is beside it.
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+PACKAGED_PAYLOADS = PROJECT_DIR / "payloads"
+
+
+class ServerSettings(BaseModel):
+    """The Prefect server that ``p3s up`` starts (embedded default) or that clients talk to."""
+
+    host: str = Field("127.0.0.1", description="Address the embedded Prefect server binds to.")
+    port: int = Field(4200, description="Port of the embedded Prefect server.")
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the Prefect database; None means SQLite under the home.",
+    )
+    api_url: str | None = Field(
+        None,
+        description="URL of an external Prefect API; None means the embedded server's.",
+    )
+
+
+class PoolSettings(BaseModel):
+    """The work pool that runs p3s jobs and DQM flows."""
+
+    name: str = Field("p3s", description="Name of the Prefect work pool.")
+    concurrency: int = Field(
+        4, description="Most flow runs the pool executes at once (a cap protects 2-core hosts)."
+    )
+    query_seconds: float = Field(1.0, description="How often the worker polls for new runs (s).")
+
+
+class Settings(BaseSettings):
+    """The root of every p3s setting."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="P3S_", env_nested_delimiter="__", extra="ignore", validate_default=True
+    )
+
+    home: Path = Field(
+        PROJECT_DIR / ".p3s",
+        description="Project-local state: Prefect home, pid files, service logs, job logs, data.",
+    )
+    payload_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=lambda: [PACKAGED_PAYLOADS],
+        description="Folders whose executables may run as payloads; anything else is refused.",
+    )
+    payload_prefix_map: dict[str, str] = Field(
+        default_factory=dict,
+        description="Site path prefixes of job payloads mapped to local ones (p3s's /afs paths).",
+    )
+    job_log_dir: Path | None = Field(
+        None, description="Where each job's stdout/stderr files go; None means HOME/joblogs."
+    )
+    data_root: Path | None = Field(
+        None, description="Root of inbox, outbox, used and quarantine; None means HOME/data."
+    )
+    catalog_url: str | None = Field(
+        None, description="SQLAlchemy URL of the DQM catalog; None means SQLite under HOME."
+    )
+    kill_grace_seconds: float = Field(
+        5.0, description="Time between SIGTERM and SIGKILL when a payload exceeds its limit (s)."
+    )
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    pool: PoolSettings = Field(default_factory=PoolSettings)
+
+    @field_validator("payload_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [part for part in text.split(os.pathsep) if part]
+        return value
+
+    @field_validator("payload_roots")
+    @classmethod
+    def _resolve_roots(cls, roots: list[Path]) -> list[Path]:
+        return [Path(root).expanduser().resolve() for root in roots]
+
+    # Derived locations: one place decides where everything lives.
+    @property
+    def prefect_home(self) -> Path:
+        return self.home / "prefect"
+
+    @property
+    def run_dir(self) -> Path:
+        """Pid files and service logs of what ``p3s up`` started."""
+        return self.home / "run"
+
+    @property
+    def job_logs(self) -> Path:
+        return self.job_log_dir or self.home / "joblogs"
+
+    @property
+    def data(self) -> Path:
+        return self.data_root or self.home / "data"
+
+    @property
+    def catalog(self) -> str:
+        return self.catalog_url or f"sqlite:///{self.home / 'catalog.sqlite'}"
+
+    @property
+    def api_url(self) -> str:
+        return self.server.api_url or f"http://{self.server.host}:{self.server.port}/api"
+
+    @property
+    def prefect_database_url(self) -> str:
+        return self.server.database_url or (
+            f"sqlite+aiosqlite:///{self.prefect_home / 'prefect.db'}"
+        )
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The settings of this process, read once from the environment."""
+    return Settings()

@@ -1,0 +1,195 @@
+"""Bring the embedded system up and down: Prefect server, work pool, deployments, worker.
+
+Every step is idempotent: ``up`` on a running system checks each piece and starts only what is
+missing; ``down`` stops exactly the processes that ``up`` recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from p3s.prefect_env import client_environment, server_environment
+from p3s.services import ManagedProcess
+from p3s.settings import PROJECT_DIR, Settings
+
+BIN = Path(sys.executable).parent
+Report = Callable[[str], None]
+
+
+def prefect_cli() -> str:
+    return str(BIN / "prefect")
+
+
+def server_process(settings: Settings) -> ManagedProcess:
+    return ManagedProcess("prefect-server", settings.run_dir)
+
+
+def worker_process(settings: Settings, index: int = 0) -> ManagedProcess:
+    # `prefect worker start` ignores the first SIGTERM; SIGINT asks it to stop.
+    return ManagedProcess(f"worker-{index}", settings.run_dir, stop_signal=signal.SIGINT)
+
+
+def api_healthy(api_url: str, timeout_s: float = 2.0) -> bool:
+    try:
+        return httpx.get(f"{api_url}/health", timeout=timeout_s).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def wait_for_api(api_url: str, timeout_s: float, process: ManagedProcess | None = None) -> None:
+    """Wait until the API answers; fail early, with the log's tail, if its process died."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if api_healthy(api_url):
+            return
+        if process is not None and process.process() is None:
+            tail = process.log.read_text(errors="replace")[-3000:] if process.log.exists() else ""
+            raise RuntimeError(f"the Prefect server exited while starting; its log ends:\n{tail}")
+        time.sleep(0.5)
+    raise TimeoutError(f"the Prefect API at {api_url} did not answer within {timeout_s:.0f} s")
+
+
+def _env(extra: dict[str, str]) -> dict[str, str]:
+    return {**os.environ, **extra}
+
+
+def start_server(settings: Settings, report: Report) -> None:
+    """Start the embedded Prefect server unless an API already answers at the URL."""
+    if settings.server.api_url:
+        wait_for_api(settings.api_url, 60)
+        report(f"using the Prefect API at {settings.api_url}")
+        return
+    settings.prefect_home.mkdir(parents=True, exist_ok=True)
+    proc = server_process(settings)
+    if proc.process() is None and api_healthy(settings.api_url):
+        raise RuntimeError(
+            f"another Prefect server already answers at {settings.api_url}: stop it, or set "
+            "P3S_SERVER__PORT to a free port"
+        )
+    argv = [
+        prefect_cli(),
+        "server",
+        "start",
+        "--host",
+        settings.server.host,
+        "--port",
+        str(settings.server.port),
+        "--analytics-off",
+    ]
+    _, new = proc.start(argv, _env(server_environment(settings)), cwd=settings.home)
+    wait_for_api(settings.api_url, 120, proc)
+    state = "started" if new else "already running"
+    report(
+        f"Prefect server {state} at {settings.api_url.removesuffix('/api')} "
+        f"(database {settings.prefect_database_url.split('://')[0]})"
+    )
+
+
+def setup_work_pool(settings: Settings, report: Report) -> None:
+    from prefect.client.orchestration import get_client
+
+    from p3s.deployments.work_pool import ensure_work_pool
+
+    async def _ensure() -> list[str]:
+        async with get_client() as client:
+            return await ensure_work_pool(
+                client, settings.pool.name, concurrency=settings.pool.concurrency
+            )
+
+    changes = asyncio.run(_ensure())
+    report(f"work pool {settings.pool.name!r}: " + ("; ".join(changes) or "up to date"))
+
+
+def deploy(settings: Settings, report: Report) -> None:
+    """Apply prefect.yaml (deployments and their triggers) with ``prefect deploy --all``."""
+    result = subprocess.run(
+        [prefect_cli(), "--no-prompt", "deploy", "--all"],
+        cwd=PROJECT_DIR,
+        env=_env({**client_environment(settings), "P3S_WORK_POOL": settings.pool.name}),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(
+            "prefect deploy --all failed\n"
+            f"exit code: {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+        )
+    report("deployments applied from prefect.yaml")
+
+
+def start_worker(settings: Settings, report: Report) -> None:
+    proc = worker_process(settings)
+    argv = [
+        prefect_cli(),
+        "worker",
+        "start",
+        "--pool",
+        settings.pool.name,
+        "--type",
+        "process",
+        "--limit",
+        str(settings.pool.concurrency),
+        "--name",
+        f"p3s-{socket.gethostname()}",
+    ]
+    env = {
+        **client_environment(settings),
+        "PREFECT_WORKER_QUERY_SECONDS": str(settings.pool.query_seconds),
+        "PREFECT_WORKER_PREFETCH_SECONDS": "1",
+    }
+    process, new = proc.start(argv, _env(env), cwd=settings.home)
+    report(
+        f"worker {'started' if new else 'already running'} (pid {process.pid}) "
+        f"on pool {settings.pool.name!r}, at most {settings.pool.concurrency} runs at once"
+    )
+
+
+def up(settings: Settings, report: Report) -> None:
+    """Bring the whole embedded system up, step by step."""
+    for folder in (settings.home, settings.run_dir, settings.job_logs, settings.data):
+        folder.mkdir(parents=True, exist_ok=True)
+    start_server(settings, report)
+    setup_work_pool(settings, report)
+    deploy(settings, report)
+    start_worker(settings, report)
+
+
+@dataclass
+class ServiceStatus:
+    name: str
+    pid: int | None
+    log: Path
+
+
+def managed(settings: Settings) -> list[ManagedProcess]:
+    """Everything ``up`` may have started, in the order ``down`` stops it."""
+    found = sorted(settings.run_dir.glob("worker-*.json")) if settings.run_dir.exists() else []
+    workers = [worker_process(settings, int(p.stem.split("-")[1])) for p in found]
+    return [*workers, server_process(settings)]
+
+
+def status(settings: Settings) -> list[ServiceStatus]:
+    rows = []
+    for proc in managed(settings):
+        live = proc.process()
+        rows.append(ServiceStatus(proc.name, live.pid if live else None, proc.log))
+    return rows
+
+
+def down(settings: Settings, report: Report) -> None:
+    """Stop what ``up`` started: workers first (so no run starts), then the server."""
+    for proc in managed(settings):
+        stopped = proc.stop()
+        report(f"{proc.name}: {'stopped' if stopped else 'not running'}")

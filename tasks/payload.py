@@ -1,0 +1,158 @@
+"""Run one payload as a subprocess: time limit, exit code, streamed and kept logs.
+
+The function knows nothing of Prefect beyond a ``logging.Logger`` to stream into, so that a flow
+can call it directly (no extra task-run API calls on the hot path) and a workflow can wrap it
+as a task.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO
+
+from p3s.payload_policy import Command
+
+#: p3s's error code for a payload killed at its time limit.
+TIMELIMIT_ERRCODE = 77
+#: Lines of each stream forwarded to the run log; the files keep everything.
+MAX_LOGGED_LINES = 5000
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    # Linux only: if the process running the flow dies (a killed worker or pilot), the
+    # payload gets SIGTERM instead of running on as an orphan.
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+@dataclass
+class PayloadOutcome:
+    """What happened to one payload."""
+
+    exit_code: int
+    timed_out: bool
+    duration_s: float
+    stdout_path: str
+    stderr_path: str
+    pid: int
+
+    @property
+    def errcode(self) -> int:
+        """The code p3s recorded: 77 at the time limit, else the exit code."""
+        return TIMELIMIT_ERRCODE if self.timed_out else self.exit_code
+
+    def as_record(self) -> dict[str, object]:
+        return {**asdict(self), "errcode": self.errcode}
+
+
+def _pump(stream: IO[bytes], sink: IO[bytes], logger: logging.Logger, level: int, tag: str) -> None:
+    logged = 0
+    for raw in iter(stream.readline, b""):
+        sink.write(raw)
+        sink.flush()
+        if logged < MAX_LOGGED_LINES:
+            logger.log(level, "[%s] %s", tag, raw.decode("utf-8", "replace").rstrip("\n"))
+        elif logged == MAX_LOGGED_LINES:
+            logger.warning("[%s] more output is kept in %s only", tag, sink.name)
+        logged += 1
+    stream.close()
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def stop_process_group(proc: subprocess.Popen[bytes], grace_s: float) -> None:
+    """SIGTERM the payload's process group, then SIGKILL what is left after ``grace_s``."""
+    _signal_group(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        pass
+    # Children of the payload may outlive it in the same group: make sure none is left.
+    _signal_group(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def execute_payload(
+    command: Command,
+    env: Mapping[str, str],
+    *,
+    timeout_s: float | None,
+    log_dir: Path,
+    logger: logging.Logger,
+    kill_grace_s: float = 5.0,
+    cwd: Path | None = None,
+) -> PayloadOutcome:
+    """Run a vetted command to completion or to its time limit.
+
+    Args:
+        command: from :func:`p3s.payload_policy.resolve_command`.
+        env: the complete environment of the payload.
+        timeout_s: wall-clock limit in seconds; ``None`` or 0 for none.
+        log_dir: receives ``stdout.log`` and ``stderr.log``.
+        logger: each output line is logged here (stdout at INFO, stderr at WARNING).
+        kill_grace_s: seconds between SIGTERM and SIGKILL at the time limit.
+    """
+    log_dir.mkdir(parents=True, exist_ok=True)
+    stdout_path, stderr_path = log_dir / "stdout.log", log_dir / "stderr.log"
+    started = time.monotonic()
+    with open(stdout_path, "wb") as out_file, open(stderr_path, "wb") as err_file:
+        proc = subprocess.Popen(
+            list(command.argv),
+            env=dict(env),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # its own process group, so a time limit stops all of it
+            preexec_fn=_die_with_parent,
+        )
+        pumps = [
+            threading.Thread(
+                target=_pump, args=(proc.stdout, out_file, logger, logging.INFO, "stdout")
+            ),
+            threading.Thread(
+                target=_pump, args=(proc.stderr, err_file, logger, logging.WARNING, "stderr")
+            ),
+        ]
+        for pump in pumps:
+            pump.start()
+        timed_out = False
+        try:
+            proc.wait(timeout=timeout_s or None)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            logger.error("time limit of %s s reached: stopping the payload", timeout_s)
+            stop_process_group(proc, kill_grace_s)
+        except BaseException:
+            # Cancellation or a crash of the caller: never leave the payload running.
+            stop_process_group(proc, kill_grace_s)
+            raise
+        finally:
+            for pump in pumps:
+                pump.join(timeout=10)
+    return PayloadOutcome(
+        exit_code=proc.returncode,
+        timed_out=timed_out,
+        duration_s=round(time.monotonic() - started, 3),
+        stdout_path=str(stdout_path),
+        stderr_path=str(stderr_path),
+        pid=proc.pid,
+    )
