@@ -34,7 +34,7 @@ def _under(path: Path, roots: Sequence[Path]) -> bool:
 
 
 def map_prefix(path: str, prefix_map: Mapping[str, str]) -> str:
-    """Translate a site path (p3s's /afs and /eos) to this deployment's own, longest prefix first."""
+    """Translate a site path (p3s used /afs and /eos) to a local one; longest prefix first."""
     for old in sorted(prefix_map, key=len, reverse=True):
         if path == old or path.startswith(old.rstrip("/") + "/"):
             return prefix_map[old] + path[len(old.rstrip("/")) :]

@@ -7,6 +7,7 @@ stranger. Output goes to ``RUN_DIR/NAME.log``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -40,9 +41,9 @@ class ManagedProcess:
         try:
             info = json.loads(self.record.read_text())
             proc = psutil.Process(info["pid"])
-            if abs(proc.create_time() - info["create_time"]) < 0.01 and proc.is_running():
-                if proc.status() != psutil.STATUS_ZOMBIE:
-                    return proc
+            same = abs(proc.create_time() - info["create_time"]) < 0.01
+            if same and proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                return proc
         except (OSError, ValueError, KeyError, psutil.Error):
             pass
         self.record.unlink(missing_ok=True)
@@ -79,18 +80,14 @@ class ManagedProcess:
         if proc is None:
             return False
         family = [proc, *proc.children(recursive=True)]
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             proc.send_signal(self.stop_signal)
-        except psutil.NoSuchProcess:
-            pass
         _, alive = psutil.wait_procs([proc], timeout=timeout_s)
         # Whatever did not stop in time, and children the parent left behind, are killed.
         leftovers = [p for p in family if p.is_running()] + alive
         for p in leftovers:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 p.kill()
-            except psutil.NoSuchProcess:
-                pass
         psutil.wait_procs(leftovers, timeout=5)
         self.record.unlink(missing_ok=True)
         return True

@@ -7,6 +7,7 @@ as a task.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -32,10 +33,8 @@ _PR_SET_PDEATHSIG = 1
 def _die_with_parent() -> None:
     # Linux only: if the process running the flow dies (a killed worker or pilot), the
     # payload gets SIGTERM instead of running on as an orphan.
-    try:
+    with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
 
 
 @dataclass
@@ -59,32 +58,26 @@ class PayloadOutcome:
 
 
 def _pump(stream: IO[bytes], sink: IO[bytes], logger: logging.Logger, level: int, tag: str) -> None:
-    logged = 0
-    for raw in iter(stream.readline, b""):
+    for logged, raw in enumerate(iter(stream.readline, b"")):
         sink.write(raw)
         sink.flush()
         if logged < MAX_LOGGED_LINES:
             logger.log(level, "[%s] %s", tag, raw.decode("utf-8", "replace").rstrip("\n"))
         elif logged == MAX_LOGGED_LINES:
             logger.warning("[%s] more output is kept in %s only", tag, sink.name)
-        logged += 1
     stream.close()
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def stop_process_group(proc: subprocess.Popen[bytes], grace_s: float) -> None:
     """SIGTERM the payload's process group, then SIGKILL what is left after ``grace_s``."""
     _signal_group(proc.pid, signal.SIGTERM)
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        pass
     # Children of the payload may outlive it in the same group: make sure none is left.
     _signal_group(proc.pid, signal.SIGKILL)
     proc.wait()
