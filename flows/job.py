@@ -7,7 +7,7 @@ import socket
 from typing import Any
 
 from p3s.tasks.payload import TIMELIMIT_ERRCODE, PayloadOutcome, execute_payload
-from prefect import flow, get_run_logger
+from prefect import flow, get_client, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.context import get_run_context
 from prefect.runtime import flow_run as current_run
@@ -56,7 +56,12 @@ def p3s_job(job: P3SJob) -> State[Any]:
     """Run one p3s job: vet its payload, run it under its time limit, record its exit code."""
     settings = get_settings()
     logger = get_run_logger()
-    run_id = str(get_run_context().flow_run.id)
+    run = get_run_context().flow_run
+    run_id = str(run.id)
+    if not set(job.tags) <= set(run.tags):
+        # Started with `prefect deployment run`: give it the tags `p3s job submit` would have.
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(run.id, tags=sorted({*run.tags, *job.tags}))
     try:
         command = resolve_command(
             job.payload,

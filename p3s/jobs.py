@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator
 
 #: Job states p3s knew; a submitted job is "defined" (or a "template" kept for copying).
 P3SState = Literal[
@@ -28,20 +28,34 @@ P3SState = Literal[
 ]
 
 
+# p3s wrote numbers as strings too; the JSON schema (which Prefect enforces on deployment
+# parameters) must say so, while validation turns them into numbers.
+IntOrDigits = Annotated[
+    int,
+    WithJsonSchema({"anyOf": [{"type": "integer"}, {"type": "string", "pattern": r"^\s*\d+\s*$"}]}),
+]
+EnvMapping = Annotated[
+    dict[str, str],
+    WithJsonSchema(
+        {"type": "object", "additionalProperties": {"type": ["string", "number", "integer"]}}
+    ),
+]
+
+
 class P3SJob(BaseModel):
     """One p3s job: a payload with its environment, time limit and priority."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     name: str = Field(min_length=1, description="Job name; becomes the flow run name.")
-    timeout: int = Field(
+    timeout: IntOrDigits = Field(
         ge=0, description="Time limit in seconds; 0 means none (p3s noop nodes used 0)."
     )
     jobtype: str = Field(min_length=1, description="Job type; becomes a tag of the run.")
     payload: str = Field(description="Path of an executable with optional arguments.")
-    priority: int = Field(0, ge=0, le=10, description="0..10, higher is served first.")
+    priority: IntOrDigits = Field(0, ge=0, le=10, description="0..10, higher is served first.")
     state: P3SState = Field("defined", description="p3s state at submission.")
-    env: dict[str, str] = Field(
+    env: EnvMapping = Field(
         default_factory=dict, description="Variables handed to the payload's environment."
     )
 

@@ -16,8 +16,8 @@ from p3s.settings import get_settings
 app = typer.Typer(
     help="Submit and follow p3s jobs (flow runs of p3s-job/adhoc).", no_args_is_help=True
 )
-console = Console()
-err = Console(stderr=True)
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def _ui_link(run_id: str) -> str:

@@ -1,0 +1,134 @@
+"""Shared fixtures: a real Prefect server (SQLite, then PostgreSQL) with the p3s pool and worker.
+
+The server, the work pool, the deployments and the worker are brought up by the same code as
+``p3s up`` (``p3s.system``), under a temporary home and a free port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from p3s.prefect_env import client_environment
+from p3s.settings import ServerSettings, Settings
+
+TESTS = Path(__file__).resolve().parent
+SCRIPTS = TESTS / "payload_scripts"
+POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def _pg(sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(POSTGRES_ADMIN)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@dataclass
+class Stack:
+    """A running p3s system for tests: its settings, environment and backend name."""
+
+    settings: Settings
+    env: dict[str, str]
+    backend: str
+
+    @property
+    def api_url(self) -> str:
+        return self.settings.api_url
+
+
+def _noop(_: str) -> None:
+    pass
+
+
+@pytest.fixture(
+    scope="session", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    """A real Prefect server with the p3s work pool, deployments and a process worker."""
+    from p3s import system
+
+    backend = request.param
+    home = tmp_path_factory.mktemp(f"p3s-{backend}")
+    database_url = None
+    dbname = f"p3s_test_{uuid.uuid4().hex[:12]}"
+    if backend == "postgresql":
+        asyncio.run(_pg(f'CREATE DATABASE "{dbname}"'))
+        database_url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{dbname}"
+    port = free_port()
+    env = {
+        "P3S_HOME": str(home),
+        "P3S_SERVER__PORT": str(port),
+        "P3S_PAYLOAD_ROOTS": os.pathsep.join([str(SCRIPTS), "/usr/bin", "/bin"]),
+        "P3S_KILL_GRACE_SECONDS": "1",
+        "P3S_POOL__CONCURRENCY": "4",
+    }
+    if database_url:
+        env["P3S_SERVER__DATABASE_URL"] = database_url
+    saved = dict(os.environ)
+    os.environ.update(env)
+    settings = Settings()
+    env.update(client_environment(settings))
+    os.environ.update(env)
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    try:
+        system.up(settings, _noop)
+        # Prefect read its settings when it was first imported: point this process's client
+        # at the stack explicitly.
+        with temporary_settings(updates={PREFECT_API_URL: settings.api_url}):
+            yield Stack(settings=settings, env=env, backend=backend)
+    finally:
+        system.down(settings, _noop)
+        os.environ.clear()
+        os.environ.update(saved)
+        if backend == "postgresql":
+            asyncio.run(_pg(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'))
+
+
+FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+async def wait_for_runs(run_ids: list[uuid.UUID], timeout_s: float = 240.0) -> list:
+    """Poll until every flow run is in a final state; returns the runs."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    deadline = time.monotonic() + timeout_s
+    async with get_client() as client:
+        while True:
+            runs = await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=run_ids)),
+                limit=len(run_ids),
+            )
+            if len(runs) == len(run_ids) and all(
+                r.state and r.state.type.value in FINAL for r in runs
+            ):
+                return runs
+            if time.monotonic() > deadline:
+                pending = [
+                    (r.name, r.state.name if r.state else None)
+                    for r in runs
+                    if not (r.state and r.state.type.value in FINAL)
+                ]
+                raise TimeoutError(f"runs not finished after {timeout_s} s: {pending[:10]}")
+            await asyncio.sleep(1.0)

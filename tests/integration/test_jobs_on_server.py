@@ -1,0 +1,196 @@
+"""p3s jobs as flow runs on a real Prefect server (SQLite and PostgreSQL), run by a real worker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from p3s.jobs import P3SJob, expand_jobs, load_jobs
+from tests.conftest import SCRIPTS, Stack, wait_for_runs
+
+pytestmark = pytest.mark.integration
+REFERENCE_JOBS = Path(__file__).resolve().parents[3] / "shared" / "p3s-reference" / "jobs"
+BIN = Path(sys.executable).parent
+
+
+def job(name: str, payload: str, timeout: int = 60, **env: str) -> P3SJob:
+    return P3SJob(
+        name=name,
+        timeout=timeout,
+        jobtype="test",
+        payload=payload,
+        priority=3,
+        env={"P3S_INPUT_FILE": "none", **env},
+    )
+
+
+def submit_and_wait(jobs: list[P3SJob], timeout_s: float = 240) -> list:
+    from p3s.job_client import submit_jobs
+
+    async def _go():
+        runs = await submit_jobs(jobs)
+        return await wait_for_runs([r.id for r in runs], timeout_s)
+
+    return asyncio.run(_go())
+
+
+def show(run_id) -> tuple:
+    from p3s.job_client import show_job
+
+    return asyncio.run(show_job(str(run_id)))
+
+
+def run_logs(run_id) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    async def _logs():
+        async with get_client() as client:
+            logs = await client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id]))
+            )
+        return [log.message for log in logs]
+
+    return asyncio.run(_logs())
+
+
+def test_job_sees_its_env_and_output_reaches_run_logs_and_files(stack: Stack) -> None:
+    (run,) = submit_and_wait(
+        [job("env-check", f"{SCRIPTS}/show_env.sh first second", P3S_TEST_VALUE="hello p3s")]
+    )
+    assert run.state.type.value == "COMPLETED", run.state.message
+    assert "jobtype:test" in run.tags and run.name == "env-check"
+    assert run.work_queue_name == "priority-3"
+    view, _ = show(run.id)
+    assert view.p3s_state == "finished" and view.errcode == 0
+    stdout = Path(view.stdout).read_text()
+    assert f"P3S_JOB_UUID={run.id}" in stdout
+    assert "P3S_TEST_VALUE=hello p3s" in stdout
+    assert "args=first second" in stdout
+    assert Path(view.stderr).read_text().strip() == "to stderr"
+    # The payload's output is streamed into the Prefect run logs too (logs arrive in batches).
+    for _ in range(20):
+        messages = run_logs(run.id)
+        if any("P3S_TEST_VALUE=hello p3s" in m for m in messages):
+            break
+        asyncio.run(asyncio.sleep(0.5))
+    assert any("P3S_TEST_VALUE=hello p3s" in m for m in messages)
+    assert any("[stderr] to stderr" in m for m in messages)
+
+
+def test_failing_payload_fails_the_run_with_its_exit_code(stack: Stack) -> None:
+    (run,) = submit_and_wait([job("fails", f"{SCRIPTS}/exit_with.sh 3")])
+    assert run.state.type.value == "FAILED"
+    assert "code 3" in run.state.message
+    view, _ = show(run.id)
+    assert view.p3s_state == "failed" and view.errcode == 3
+
+
+def test_time_limit_kills_a_runaway_payload(stack: Stack, tmp_path: Path) -> None:
+    pid_file = tmp_path / "runaway.pid"
+    (run,) = submit_and_wait(
+        [job("runaway", f"{SCRIPTS}/runaway.sh", timeout=3, P3S_PID_FILE=str(pid_file))]
+    )
+    assert run.state.type.value == "FAILED" and run.state.name == "TimeLimit"
+    assert "time limit of 3 s" in run.state.message and "errcode 77" in run.state.message
+    view, _ = show(run.id)
+    assert view.p3s_state == "timelimit" and view.errcode == 77
+    # The payload ignored SIGTERM: SIGKILL must have ended it.
+    assert not psutil.pid_exists(int(pid_file.read_text()))
+
+
+def test_payload_outside_the_roots_is_refused_before_it_runs(stack: Stack, tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    outside = tmp_path / "outside.sh"
+    outside.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    outside.chmod(0o755)
+    escape = f"{SCRIPTS}/{os.path.relpath(outside, SCRIPTS)}"  # climbs out of a root with ..
+    shell = job("shell", f"{SCRIPTS}/show_env.sh", P3S_EXECMODE="SHELL")
+    runs = submit_and_wait([job("outside", str(outside)), job("escape", escape), shell])
+    for run in runs:
+        assert run.state.type.value == "FAILED" and run.state.name == "Refused", run.name
+        assert show(run.id)[0].p3s_state == "nonstarter"
+    messages = {run.name: run.state.message for run in runs}
+    assert "outside the payload roots" in messages["outside"]
+    assert "outside the payload roots" in messages["escape"]
+    assert "P3S_EXECMODE=SHELL" in messages["shell"]
+    assert not marker.exists()
+
+
+def test_reference_jobs_run(stack: Stack) -> None:
+    jobs = load_jobs(REFERENCE_JOBS / "three_simple_jobs.json")
+    runs = submit_and_wait(expand_jobs(jobs, filenames=["a.h5"]))
+    assert sorted(r.state.type.value for r in runs) == ["COMPLETED"] * 3
+    printenv = next(r for r in runs if r.name == "printenv")
+    assert "P3S_INPUT_FILE=a.h5" in Path(show(printenv.id)[0].stdout).read_text()
+    assert printenv.work_queue_name == "priority-10"
+
+
+def test_fifty_jobs_at_once_all_finish_exactly_once(stack: Stack, tmp_path: Path) -> None:
+    record = tmp_path / "executions.txt"
+    jobs = expand_jobs(
+        [job("many", f"{SCRIPTS}/record_uuid.sh", P3S_RECORD_FILE=str(record))], replicas=50
+    )
+    runs = submit_and_wait(jobs, timeout_s=600)
+    assert len(runs) == 50
+    assert [r.state.type.value for r in runs] == ["COMPLETED"] * 50
+    executions = record.read_text().split()
+    assert sorted(executions) == sorted(str(r.id) for r in runs)  # each once, none lost
+
+
+def test_prefect_deployment_run_starts_a_job(stack: Stack) -> None:
+    payload = {
+        "name": "via-prefect-cli",
+        "timeout": "30",
+        "jobtype": "cli",
+        "priority": "2",
+        "payload": f"{SCRIPTS}/show_env.sh",
+        "state": "defined",
+        "env": {"P3S_INPUT_FILE": "x.h5"},
+    }
+    result = subprocess.run(
+        [
+            str(BIN / "prefect"),
+            "deployment",
+            "run",
+            "p3s-job/adhoc",
+            "--param",
+            f"job={json.dumps(payload)}",
+        ],
+        env={**os.environ, **stack.env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    run_id = next(line.split()[-1] for line in result.stdout.splitlines() if "UUID" in line)
+    (run,) = asyncio.run(wait_for_runs([run_id]))
+    assert run.state.type.value == "COMPLETED", run.state.message
+    assert run.name == "via-prefect-cli" and "jobtype:cli" in run.tags
+
+
+def test_cli_refuses_a_malformed_job_file_and_creates_nothing(stack: Stack, tmp_path: Path) -> None:
+    from p3s.job_client import list_jobs
+
+    before = len(asyncio.run(list_jobs(limit=1000)))
+    bad = tmp_path / "bad.json"
+    bad.write_text(
+        '[\n  {"name": "ok", "timeout": 5, "jobtype": "t", "payload": "/bin/true"},\n'
+        '  {"name": "bad", "timeout": "soon", "jobtype": "t", "payload": "/bin/true"}\n]'
+    )
+    result = subprocess.run(
+        [str(BIN / "p3s"), "job", "submit", str(bad)],
+        env={**os.environ, **stack.env},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert "line 3" in result.stderr and "job [1]" in result.stderr and "timeout" in result.stderr
+    assert len(asyncio.run(list_jobs(limit=1000))) == before
