@@ -7,6 +7,7 @@ carry the job type, and its work queue follows the p3s priority.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterFlowRunId,
     FlowRunFilter,
+    FlowRunFilterId,
     FlowRunFilterState,
     FlowRunFilterStateName,
     FlowRunFilterStateType,
@@ -33,6 +35,8 @@ from p3s.states import P3S_FILTERS, p3s_state
 ADHOC_DEPLOYMENT = "p3s-job/adhoc"
 #: Flow runs created at once; more only queue up on a 2-core SQLite server.
 SUBMIT_CONCURRENCY = 8
+#: Most flow runs the API returns in one call.
+PAGE = 200
 
 
 @dataclass
@@ -118,12 +122,18 @@ def job_filter(state: str | None = None, jobtype: str | None = None) -> FlowRunF
 async def list_jobs(
     state: str | None = None, jobtype: str | None = None, limit: int = 100
 ) -> list[JobView]:
+    runs: list[FlowRun] = []
     async with get_client() as client:
-        runs = await client.read_flow_runs(
-            flow_run_filter=job_filter(state, jobtype),
-            sort=FlowRunSort.EXPECTED_START_TIME_DESC,
-            limit=limit,
-        )
+        while len(runs) < limit:  # the API returns at most PAGE runs a call
+            page = await client.read_flow_runs(
+                flow_run_filter=job_filter(state, jobtype),
+                sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+                limit=min(PAGE, limit - len(runs)),
+                offset=len(runs),
+            )
+            runs.extend(page)
+            if len(page) < PAGE:
+                break
     views = [JobView.of(run) for run in runs]
     if state == "failed":  # time limits and refusals have their own p3s states
         views = [v for v in views if v.p3s_state == "failed"]
@@ -182,3 +192,36 @@ async def cancel_job(job_id: str) -> str:
             f"job {job_id} was not cancelled: {result.details.reason or result.status.value}"
         )
     return p3s_state(run.state)
+
+
+FINAL_STATES = {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
+
+
+async def wait_for_jobs(
+    run_ids: Sequence[uuid.UUID | str], timeout_s: float = 600.0, poll_s: float = 1.0
+) -> list[FlowRun]:
+    """Wait until every job is in a final state and return them, in the order given."""
+    ids = [uuid.UUID(str(i)) for i in run_ids]
+    deadline = time.monotonic() + timeout_s
+    async with get_client() as client:
+        while True:
+            runs: dict[uuid.UUID, FlowRun] = {}
+            for start in range(0, len(ids), PAGE):
+                chunk = ids[start : start + PAGE]
+                for run in await client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=chunk)),
+                    limit=len(chunk),
+                ):
+                    runs[run.id] = run
+            unfinished = [
+                r for r in runs.values() if r.state is None or r.state.type not in FINAL_STATES
+            ]
+            if len(runs) == len(ids) and not unfinished:
+                return [runs[i] for i in ids]
+            if time.monotonic() > deadline:
+                sample = [(r.name, r.state.name if r.state else None) for r in unfinished[:10]]
+                raise TimeoutError(
+                    f"{len(unfinished) + len(ids) - len(runs)} job(s) not finished after "
+                    f"{timeout_s:.0f} s, e.g. {sample}"
+                )
+            await asyncio.sleep(poll_s)

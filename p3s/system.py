@@ -98,6 +98,7 @@ def start_server(settings: Settings, report: Report) -> None:
 
 def setup_work_pool(settings: Settings, report: Report) -> None:
     from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from p3s.deployments.work_pool import ensure_work_pool
 
@@ -107,7 +108,9 @@ def setup_work_pool(settings: Settings, report: Report) -> None:
                 client, settings.pool.name, concurrency=settings.pool.concurrency
             )
 
-    changes = asyncio.run(_ensure())
+    # This process may have read another API URL when it imported Prefect: use this home's.
+    with temporary_settings(updates={PREFECT_API_URL: settings.api_url}):
+        changes = asyncio.run(_ensure())
     report(f"work pool {settings.pool.name!r}: " + ("; ".join(changes) or "up to date"))
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from p3s.prefect_env import client_environment
-from p3s.settings import ServerSettings, Settings
+from p3s.settings import Settings
 
 TESTS = Path(__file__).resolve().parent
 SCRIPTS = TESTS / "payload_scripts"
@@ -105,30 +104,8 @@ def stack(
             asyncio.run(_pg(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'))
 
 
-FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-
-
-async def wait_for_runs(run_ids: list[uuid.UUID], timeout_s: float = 240.0) -> list:
+async def wait_for_runs(run_ids: list, timeout_s: float = 240.0) -> list:
     """Poll until every flow run is in a final state; returns the runs."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from p3s.job_client import wait_for_jobs
 
-    deadline = time.monotonic() + timeout_s
-    async with get_client() as client:
-        while True:
-            runs = await client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=run_ids)),
-                limit=len(run_ids),
-            )
-            if len(runs) == len(run_ids) and all(
-                r.state and r.state.type.value in FINAL for r in runs
-            ):
-                return runs
-            if time.monotonic() > deadline:
-                pending = [
-                    (r.name, r.state.name if r.state else None)
-                    for r in runs
-                    if not (r.state and r.state.type.value in FINAL)
-                ]
-                raise TimeoutError(f"runs not finished after {timeout_s} s: {pending[:10]}")
-            await asyncio.sleep(1.0)
+    return await wait_for_jobs(run_ids, timeout_s)

@@ -1,4 +1,4 @@
-"""p3s job descriptions: the reference files parse; malformed ones are refused with line, index, field."""
+"""p3s job files: reference examples parse; malformed ones are refused with line, index, field."""
 
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def test_malformed_job_names_line_index_and_field() -> None:
         ("[]", "holds no job"),
         ("[\n 3\n]", "line 2: job [0]: expected an object"),
         (
-            '[{"name": "a", "timeout": 1, "jobtype": "t", "payload": "/bin/true", "colour": "red"}]',
+            '[{"name": "a", "timeout": 1, "jobtype": "t", "payload": "x", "colour": "red"}]',
             "field 'colour': Extra inputs are not permitted",
         ),
         (

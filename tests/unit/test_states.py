@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from p3s.deployments.work_pool import prefect_priority, queue_for_priority
 from prefect.states import Cancelled, Completed, Crashed, Failed, Pending, Running, Scheduled
 
-from p3s.deployments.work_pool import prefect_priority, queue_for_priority
 from p3s.job_client import job_filter
 from p3s.states import p3s_state
 
