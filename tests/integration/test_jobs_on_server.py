@@ -194,3 +194,29 @@ def test_cli_refuses_a_malformed_job_file_and_creates_nothing(stack: Stack, tmp_
     assert result.returncode == 2
     assert "line 3" in result.stderr and "job [1]" in result.stderr and "timeout" in result.stderr
     assert len(asyncio.run(list_jobs(limit=1000))) == before
+
+
+def test_cancel_stops_a_running_payload(stack: Stack, tmp_path: Path) -> None:
+    from p3s.job_client import cancel_job, submit_jobs
+
+    pid_file = tmp_path / "running.pid"
+    (run,) = asyncio.run(
+        submit_jobs(
+            [job("to-cancel", f"{SCRIPTS}/runaway.sh", timeout=600, P3S_PID_FILE=str(pid_file))]
+        )
+    )
+    for _ in range(120):
+        if pid_file.exists() and pid_file.read_text().strip():
+            break
+        asyncio.run(asyncio.sleep(0.5))
+    payload_pid = int(pid_file.read_text())
+    assert psutil.pid_exists(payload_pid)
+    asyncio.run(cancel_job(str(run.id)))
+    (final,) = asyncio.run(wait_for_runs([run.id], 120))
+    assert final.state.type.value == "CANCELLED"
+    assert show(run.id)[0].p3s_state == "cancelled"
+    for _ in range(40):  # the payload ignores SIGTERM: its group gets SIGKILL after the grace
+        if not psutil.pid_exists(payload_pid):
+            break
+        asyncio.run(asyncio.sleep(0.25))
+    assert not psutil.pid_exists(payload_pid)
