@@ -220,3 +220,39 @@ def test_cancel_stops_a_running_payload(stack: Stack, tmp_path: Path) -> None:
             break
         asyncio.run(asyncio.sleep(0.25))
     assert not psutil.pid_exists(payload_pid)
+
+
+def test_higher_priority_is_served_first(stack: Stack, tmp_path: Path) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolUpdate
+
+    from p3s.job_client import submit_jobs
+
+    pool = stack.settings.pool.name
+    record = tmp_path / "order.txt"
+
+    async def _set(**update) -> None:
+        async with get_client() as client:
+            await client.update_work_pool(pool, WorkPoolUpdate(**update))
+
+    jobs = [
+        P3SJob(
+            name=f"prio-{p}",
+            timeout=60,
+            jobtype="prio",
+            priority=p,
+            payload=f"{SCRIPTS}/record_uuid.sh",
+            env={"P3S_RECORD_FILE": str(record)},
+        )
+        for p in (0, 5, 10)
+    ]
+    # Queue all three while the pool is paused, then let one run at a time.
+    asyncio.run(_set(is_paused=True, concurrency_limit=1))
+    try:
+        runs = asyncio.run(submit_jobs(jobs))
+        asyncio.run(_set(is_paused=False))
+        asyncio.run(wait_for_runs([r.id for r in runs]))
+    finally:
+        asyncio.run(_set(is_paused=False, concurrency_limit=stack.settings.pool.concurrency))
+    by_id = {str(r.id): r.name for r in runs}
+    assert [by_id[line] for line in record.read_text().split()] == ["prio-10", "prio-5", "prio-0"]
