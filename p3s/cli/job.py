@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -66,6 +68,7 @@ def list_(
     ] = None,
     jobtype: Annotated[str | None, typer.Option(help="Only jobs of this job type.")] = None,
     limit: Annotated[int, typer.Option(help="Most jobs shown, newest first.")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines, for scripts.")] = False,
 ) -> None:
     """List p3s jobs with their p3s and Prefect states."""
     from p3s.job_client import list_jobs
@@ -75,6 +78,10 @@ def list_(
     except ValueError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
+    if as_json:
+        for v in views:
+            print(json.dumps(asdict(v)))
+        return
     table = Table("name", "jobtype", "prio", "p3s state", "Prefect state", "created")
     table.add_column("job id", no_wrap=True, min_width=36)
     for v in views:

@@ -131,6 +131,16 @@ def test_reference_jobs_run(stack: Stack) -> None:
     printenv = next(r for r in runs if r.name == "printenv")
     assert "P3S_INPUT_FILE=a.h5" in Path(show(printenv.id)[0].stdout).read_text()
     assert printenv.work_queue_name == "priority-10"
+    listed = subprocess.run(
+        [str(BIN / "p3s"), "job", "list", "--json", "--jobtype", "test", "--state", "finished"],
+        env={**os.environ, **stack.env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert {str(r.id) for r in runs} <= {row["id"] for row in rows}
+    assert {row["p3s_state"] for row in rows} == {"finished"}
 
 
 def test_fifty_jobs_at_once_all_finish_exactly_once(stack: Stack, tmp_path: Path) -> None:
