@@ -11,6 +11,7 @@ from __future__ import annotations
 import hist
 import numpy as np
 import pandas
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from .products import PayloadResult, new_figure
@@ -79,14 +80,15 @@ def identify_particles(
 
     ``ckov0`` is the high-threshold counter (only electrons fire it at protoDUNE momenta) and
     ``ckov1`` the low-threshold one (electrons, muons and pions fire it, protons do not).
-    A particle is *heavy* when its TOF is above the midpoint of the pion and proton
-    expectations at its measured momentum.
+    At the measured momentum, a particle is *heavy* when its TOF is above the midpoint of the
+    pion and proton expectations, and *clearly heavy* when it is also more than 5 resolutions
+    above the pion expectation (at high momentum only the Cherenkov bits separate e, pi, p).
 
-    * heavy, no Cherenkov bit: ``p``
-    * light, ``ckov0`` fired: ``e``
-    * light, only ``ckov1`` fired: ``pi/mu``
-    * anything else, a TOF more than 5 resolutions outside the [e, p] expectations, or a
-      non-positive momentum: ``unknown``
+    * ``ckov0`` fired and not clearly heavy: ``e``
+    * only ``ckov1`` fired and not clearly heavy: ``pi/mu``
+    * no Cherenkov bit and heavy: ``p``
+    * anything else (light without Cherenkov light, clearly heavy with it), a TOF more than 5
+      resolutions outside the [e, p] expectations, or a non-positive momentum: ``unknown``
 
     Args:
         tof_ns: time of flight [ns], shape (n,).
@@ -108,10 +110,11 @@ def identify_particles(
     window = 5.0 * tof_resolution_ns
     plausible = (tof > tof_e - window) & (tof < tof_p + window) & (p > 0)
     heavy = tof > 0.5 * (tof_pi + tof_p)
+    clearly_heavy = heavy & (tof > tof_pi + window)
     out = np.full(tof.shape, "unknown", dtype="<U7")
     out[plausible & heavy & ~c0 & ~c1] = "p"
-    out[plausible & ~heavy & c0] = "e"
-    out[plausible & ~heavy & ~c0 & c1] = "pi/mu"
+    out[plausible & ~clearly_heavy & c0] = "e"
+    out[plausible & ~clearly_heavy & ~c0 & c1] = "pi/mu"
     return out
 
 
@@ -146,8 +149,9 @@ def collect_particles(raw: RawFile, n_events: int | None = None) -> pandas.DataF
         frame.insert(0, "event", i)
         parts.append(frame)
     if not parts:
-        columns = ["event", "timestamp_ns", "trigger", *BEAM_DTYPE.names]
-        return pandas.DataFrame({c: pandas.Series(dtype="float64") for c in columns})
+        dtypes = {"event": "int64", "timestamp_ns": "int64", "trigger": "int64"}
+        dtypes.update({name: BEAM_DTYPE[name].str for name in BEAM_DTYPE.names})
+        return pandas.DataFrame({c: pandas.Series(dtype=t) for c, t in dtypes.items()})
     return pandas.concat(parts, ignore_index=True)
 
 
@@ -159,7 +163,7 @@ def beam_histograms(particles: pandas.DataFrame) -> dict[str, hist.Hist]:
         ``tof_vs_momentum`` and ``pid`` (identified type).
     """
     h = {
-        "momentum": hist.Hist.new.Reg(240, 0.0, 12.0, name="p", label="momentum [GeV/c]").Double(),
+        "momentum": hist.Hist.new.Reg(600, 0.0, 12.0, name="p", label="momentum [GeV/c]").Double(),
         "tof": hist.Hist.new.Reg(
             200, 80.0, 180.0, name="tof", label="time of flight [ns]"
         ).Double(),
@@ -176,7 +180,10 @@ def beam_histograms(particles: pandas.DataFrame) -> dict[str, hist.Hist]:
     }
     h["momentum"].fill(particles["momentum_gev"].to_numpy())
     h["tof"].fill(particles["tof_ns"].to_numpy())
-    h["ckov"].fill(particles["ckov0"].to_numpy(), particles["ckov1"].to_numpy())
+    h["ckov"].fill(
+        particles["ckov0"].to_numpy().astype(np.int64),
+        particles["ckov1"].to_numpy().astype(np.int64),
+    )
     h["profile"].fill(particles["x_mm"].to_numpy(), particles["y_mm"].to_numpy())
     h["tof_vs_momentum"].fill(particles["momentum_gev"].to_numpy(), particles["tof_ns"].to_numpy())
     h["pid"].fill(particles["pid"].to_numpy().astype(str))
@@ -218,6 +225,16 @@ def beam_summary(particles: pandas.DataFrame, n_events: int, n_beam_triggers: in
     }
 
 
+def _zoom(ax: Axes, histogram: hist.Hist, pad_bins: int = 5) -> None:
+    """Limit a 1-D plot's x range to the filled bins plus ``pad_bins`` on each side."""
+    filled = np.flatnonzero(histogram.values() > 0)
+    if filled.size:
+        edges = histogram.axes[0].edges
+        lo = edges[max(filled[0] - pad_bins, 0)]
+        hi = edges[min(filled[-1] + 1 + pad_bins, edges.size - 1)]
+        ax.set_xlim(lo, hi)
+
+
 def _figures(h: dict[str, hist.Hist], title: str) -> dict[str, Figure]:
     fig = new_figure(10.0, 4.0)
     ax_p, ax_t = fig.subplots(1, 2)
@@ -226,11 +243,15 @@ def _figures(h: dict[str, hist.Hist], title: str) -> dict[str, Figure]:
         ax.stairs(histogram.values(), histogram.axes[0].edges)
         ax.set_xlabel(histogram.axes[0].label)
         ax.set_ylabel("particles")
+        _zoom(ax, histogram)
     p = h["momentum"].axes[0].centers[np.argmax(h["momentum"].values())]
-    for label, mass in (("e", "e"), ("pi", "pi"), ("p", "p")):
-        tof = float(expected_tof_ns(p, MASS_GEV[mass]))
+    for k, label in enumerate(("e", "pi", "p")):
+        tof = float(expected_tof_ns(p, MASS_GEV[label]))
         ax_t.axvline(tof, linestyle=":", color="grey")
-        ax_t.annotate(label, (tof, 0.95), xycoords=("data", "axes fraction"))
+        ax_t.annotate(
+            label, (tof, 0.95 - 0.06 * k), xycoords=("data", "axes fraction"), xytext=(3, 0),
+            textcoords="offset points",
+        )  # fmt: skip
     fig.suptitle(f"{title}: momentum and time of flight")
 
     prof = new_figure(5.5, 4.5)

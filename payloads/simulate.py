@@ -17,9 +17,10 @@ What it injects, and a DQM payload should be able to measure from the waveforms 
   drift window so that lifetimes of 1.5-10 ms can be fitted from a 3 ms readout.
 * **Photon detectors**: baseline about 1500 ADC, 2 ADC noise, single/few-photo-electron pulses
   at a known rate, and a prompt flash on beam triggers.
-* **Beam instrumentation** on beam triggers: one e, pi or p per event near the nominal momentum,
+* **Beam instrumentation** on beam triggers: one e, mu, pi or p per event near the nominal momentum,
   time of flight over 28.6 m with 0.5 ns resolution, two threshold Cherenkov counters
-  (e fire both, pi only ``ckov1`` at 1 GeV/c, p neither; 3% inefficiency, 1% noise), beam spot.
+  set for the nominal momentum (e fire both, mu and pi only ``ckov1``, p neither; 3%
+  inefficiency, 1% noise), beam spot.
 
 Everything injected is returned as :class:`Truth` and written under ``/truth`` (payloads must
 never read it). The noise and signals are built one fiber at a time in the frequency domain
@@ -88,13 +89,15 @@ PDS_RATE_PER_US = 1.5
 PDS_RISE_SAMPLES, PDS_DECAY_SAMPLES = 1.5, 12.0
 
 # Beam
-BEAM_SPECIES = ("e", "pi", "p")
-BEAM_FRACTIONS = (0.35, 0.45, 0.20)
+BEAM_SPECIES = ("e", "mu", "pi", "p")
+BEAM_FRACTIONS = (0.34, 0.03, 0.43, 0.20)
 MOMENTUM_SPREAD = 0.05
 MOMENTUM_RESOLUTION = 0.01
 TOF_RESOLUTION_NS = 0.5
-CKOV_BETAGAMMA_THRESHOLD = (20.0, 4.0)
-"""Cherenkov threshold of counters 0 and 1 as beta*gamma = p/m."""
+CKOV_PION_THRESHOLD = (1.5, 0.6)
+"""Pion threshold momentum of Cherenkov counters 0 and 1, in units of the nominal beam momentum
+(the beam line sets the gas pressures per momentum setting: at nominal momentum counter 0 fires
+for electrons only, counter 1 for electrons, muons and pions, protons fire neither)."""
 CKOV_EFFICIENCY = 0.97
 CKOV_NOISE = 0.01
 BEAM_SPOT_MM = ((-3.0, 12.0), (2.0, 9.0))
@@ -122,7 +125,8 @@ class Truth:
         coherent_lines: fiber -> frequencies [kHz]; coherent_amplitudes_adc: fiber ->
             amplitude of each line [ADC].
         n_tracks: int per event, cosmic tracks simulated; trigger: int per event.
-        beam_event: event index of each beam particle; beam_species: its species (e, pi, p).
+        beam_event: event index of each beam particle; beam_species: its species (e, mu, pi,
+            p).
         pds_rate_per_us: photon-detector pulse rate per channel [1/us];
             pds_sample_ns: photon-detector sampling period [ns].
         collection_peak_adc: most probable collection peak of a MIP at tick 0 [ADC].
@@ -571,7 +575,8 @@ def simulate_beam_particles(
         rng: random generator.
         n: number of particles.
         momentum_gev: nominal beam momentum [GeV/c]; true momenta spread by 5%.
-        fractions: species -> fraction (species among ``MASS_GEV``); default e/pi/p 35/45/20%.
+        fractions: species -> fraction (species among ``MASS_GEV``); default e/mu/pi/p
+            34/3/43/20%.
 
     Returns:
         ``(beam, species)``: a :data:`BEAM_DTYPE` array of length ``n`` (measured momentum
@@ -594,8 +599,9 @@ def simulate_beam_particles(
         [expected_tof_ns(p, m, TOF_BASELINE_M) for p, m in zip(p_true, mass, strict=True)]
     )
     beam["tof_ns"] = tof + TOF_RESOLUTION_NS * rng.standard_normal(n)
-    for counter, threshold in enumerate(CKOV_BETAGAMMA_THRESHOLD):
-        above = p_true / mass > threshold
+    for counter, factor in enumerate(CKOV_PION_THRESHOLD):
+        betagamma_threshold = factor * momentum_gev / MASS_GEV["pi"]
+        above = p_true / mass > betagamma_threshold
         fired = np.where(above, rng.random(n) < CKOV_EFFICIENCY, rng.random(n) < CKOV_NOISE)
         beam[f"ckov{counter}"] = fired.astype(np.uint8)
     (mx, sx), (my, sy) = BEAM_SPOT_MM
