@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from typing import Any
 
 from p3s.tasks.payload import TIMELIMIT_ERRCODE, PayloadOutcome, execute_payload
@@ -14,7 +15,7 @@ from prefect.runtime import flow_run as current_run
 from prefect.states import Completed, Failed, State
 
 from p3s.jobs import P3SJob
-from p3s.payload_policy import PayloadRefused, resolve_command
+from p3s.payload_policy import PayloadRefused, map_prefix, resolve_command
 from p3s.settings import get_settings
 
 #: Name of the failed state of a payload stopped at its limit (p3s's "timelimit").
@@ -28,13 +29,15 @@ def _run_name() -> str:
     return job.get("name", "p3s-job") if isinstance(job, dict) else job.name
 
 
-def job_environment(job: P3SJob, job_uuid: str) -> dict[str, str]:
-    """The payload's environment: the worker's, the job's env over it, and p3s's own ids."""
+def job_environment(job: P3SJob, job_uuid: str, path_map: dict[str, str]) -> dict[str, str]:
+    """The payload's environment: the worker's, the job's env over it (site paths mapped to
+    local ones), p3s's ids, and the Python that runs p3s (for payloads written in Python)."""
     return {
         **os.environ,
-        **job.env,
+        **{key: map_prefix(value, path_map) for key, value in job.env.items()},
         "P3S_JOB_UUID": job_uuid,
         "P3S_PILOT_UUID": f"{socket.gethostname()}:{os.getpid()}",
+        "P3S_PYTHON": sys.executable,
     }
 
 
@@ -67,7 +70,7 @@ def p3s_job(job: P3SJob) -> State[Any]:
             job.payload,
             job.env,
             roots=settings.payload_roots,
-            prefix_map=settings.payload_prefix_map,
+            prefix_map=settings.path_map,
         )
     except PayloadRefused as exc:
         logger.error("job %r refused, nothing was run: %s", job.name, exc)
@@ -75,7 +78,7 @@ def p3s_job(job: P3SJob) -> State[Any]:
     logger.info("job %r (%s, priority %s): %s", job.name, job.jobtype, job.priority, command.argv)
     outcome = execute_payload(
         command,
-        job_environment(job, run_id),
+        job_environment(job, run_id, settings.path_map),
         timeout_s=job.timeout,
         log_dir=settings.job_logs / run_id,
         logger=logger,

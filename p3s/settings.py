@@ -18,6 +18,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 #: Where the repository (or the installed package) lives: the default home is beside it.
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 PACKAGED_PAYLOADS = PROJECT_DIR / "payloads"
+#: Where p3s at CERN kept its payload scripts and its data; reference jobs name these paths.
+P3S_AFS_INPUTS = "/afs/cern.ch/user/n/np04dqm/public/p3s/p3s/inputs"
+P3S_EOS_AREA = "/eos/experiment/neutplatform/protodune/np04tier0/p3s"
 
 
 class ServerSettings(BaseModel):
@@ -60,9 +63,11 @@ class Settings(BaseSettings):
         default_factory=lambda: [PACKAGED_PAYLOADS],
         description="Folders whose executables may run as payloads; anything else is refused.",
     )
-    payload_prefix_map: dict[str, str] = Field(
-        default_factory=dict,
-        description="Site path prefixes of job payloads mapped to local ones (p3s's /afs paths).",
+    site_path_map: dict[str, str] | None = Field(
+        None,
+        description="Site path prefixes in job payloads and env values mapped to local ones; "
+        "None maps p3s's CERN /afs inputs onto the packaged payloads and its /eos area onto "
+        "the data root.",
     )
     job_log_dir: Path | None = Field(
         None, description="Where each job's stdout/stderr files go; None means HOME/joblogs."
@@ -113,6 +118,13 @@ class Settings(BaseSettings):
     @property
     def data(self) -> Path:
         return self.data_root or self.home / "data"
+
+    @property
+    def path_map(self) -> dict[str, str]:
+        """Site path prefixes and their local replacements, for payloads and env values."""
+        if self.site_path_map is not None:
+            return self.site_path_map
+        return {P3S_AFS_INPUTS: str(PACKAGED_PAYLOADS / "p3s-inputs"), P3S_EOS_AREA: str(self.data)}
 
     @property
     def catalog(self) -> str:

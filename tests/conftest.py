@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from p3s.prefect_env import client_environment
-from p3s.settings import Settings
+from p3s.settings import PACKAGED_PAYLOADS, Settings
 
 TESTS = Path(__file__).resolve().parent
 SCRIPTS = TESTS / "payload_scripts"
@@ -77,7 +77,9 @@ def stack(
     env = {
         "P3S_HOME": str(home),
         "P3S_SERVER__PORT": str(port),
-        "P3S_PAYLOAD_ROOTS": os.pathsep.join([str(SCRIPTS), "/usr/bin", "/bin"]),
+        "P3S_PAYLOAD_ROOTS": os.pathsep.join(
+            [str(PACKAGED_PAYLOADS), str(SCRIPTS), "/usr/bin", "/bin"]
+        ),
         "P3S_KILL_GRACE_SECONDS": "1",
         "P3S_POOL__CONCURRENCY": "4",
     }
