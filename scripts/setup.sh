@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# One command on a fresh machine: install everything, then bring the embedded system up
-# (Prefect server on SQLite under .p3s/, the work pool, the deployments, a worker).
+# One command on a fresh machine: install everything, bring the embedded system up (Prefect
+# server on SQLite under .p3s/, the work pool, the deployments, a worker), then send a
+# simulated run through every DQM payload.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install.sh
-exec .venv/bin/p3s up
+.venv/bin/p3s up
+exec .venv/bin/p3s demo

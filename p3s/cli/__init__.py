@@ -14,6 +14,8 @@ from p3s.settings import get_settings
 
 from . import job as job_commands
 from . import system as system_commands
+from .demo import demo
+from .simulate import register as register_simulate
 
 console = Console()
 app = typer.Typer(
@@ -30,14 +32,10 @@ def _configure() -> None:
 
 
 system_commands.register(app)
+app.command()(demo)
 app.add_typer(job_commands.app, name="job")
 
-try:  # the simulator arrives with the payloads
-    from .simulate import register as _register_simulate
-
-    _register_simulate(app)
-except ImportError:
-    pass
+register_simulate(app)
 
 
 def main() -> None:
