@@ -102,6 +102,7 @@ async def measure(job, marks: Path, n_latency: int, n_throughput: int) -> dict:
 
 
 def main() -> None:
+    sys.stdout.reconfigure(line_buffering=True)  # progress shows when the output is a file
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--latency-jobs", type=int, default=100)
     parser.add_argument("--throughput-jobs", type=int, default=500)

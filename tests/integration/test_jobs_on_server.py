@@ -266,3 +266,62 @@ def test_higher_priority_is_served_first(stack: Stack, tmp_path: Path) -> None:
         asyncio.run(_set(is_paused=False, concurrency_limit=stack.settings.pool.concurrency))
     by_id = {str(r.id): r.name for r in runs}
     assert [by_id[line] for line in record.read_text().split()] == ["prio-10", "prio-5", "prio-0"]
+
+
+def small_raw_file(folder: Path, run: int = 7) -> Path:
+    from p3s.payloads.rawformat import Geometry, raw_filename
+    from p3s.payloads.simulate import simulate_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / raw_filename(run, 1)
+    simulate_file(
+        path,
+        run=run,
+        subrun=1,
+        n_events=2,
+        n_ticks=1500,
+        seed=run,
+        geometry=Geometry.reduced(n_apas=1, fibers_per_apa=2),
+    )
+    return path
+
+
+def test_p3s_reference_dqm_jobs_run_as_they_are(stack: Stack) -> None:
+    """evdisp_main.json and monitor_main.json, CERN paths and all, run the real payloads."""
+    data = stack.settings.data
+    raw = small_raw_file(data / "input")
+    jobs = [
+        *load_jobs(REFERENCE_JOBS / "evdisp_main.json"),
+        *load_jobs(REFERENCE_JOBS / "monitor_main.json"),
+    ]
+    runs = submit_and_wait(expand_jobs(jobs, filenames=[raw.name]))
+    for run in runs:
+        assert run.state.type.value == "COMPLETED", (run.name, run.state.message)
+    evdisp = data / "evdisp" / "run000007" / "0001" / "evdisplay"
+    monitor = data / "monitor" / "run000007" / "0001" / "tpc_monitor"
+    for products, name in ((evdisp, "evdisplay"), (monitor, "tpc_monitor")):
+        summary = json.loads((products / "summary.json").read_text())
+        assert summary["run"] == 7 and (products / f"{name}.root").exists()
+
+
+def test_every_dqm_payload_runs_as_a_p3s_job(stack: Stack, tmp_path: Path) -> None:
+    from p3s.demo import DQM_PAYLOADS, dqm_jobs
+
+    raw = small_raw_file(tmp_path / "raw", run=8)
+    runs = submit_and_wait(dqm_jobs(raw, tmp_path / "outbox", n_events=2))
+    assert [r.state.type.value for r in runs] == ["COMPLETED"] * len(DQM_PAYLOADS)
+    for name in DQM_PAYLOADS:
+        products = tmp_path / "outbox" / "run000008" / "0001" / name
+        assert json.loads((products / "summary.json").read_text())["payload"] == name
+
+
+def test_a_corrupt_input_fails_its_job_once_with_the_fault(stack: Stack, tmp_path: Path) -> None:
+    from p3s.demo import dqm_jobs
+
+    raw = small_raw_file(tmp_path / "raw", run=9)
+    with open(raw, "r+b") as handle:  # damage the HDF5 superblock
+        handle.write(b"\0" * 64)
+    (run,) = submit_and_wait(dqm_jobs(raw, tmp_path / "outbox")[3:])
+    assert run.state.type.value == "FAILED" and "code 65" in run.state.message
+    assert run.run_count == 1  # a corrupt file is a payload error: never retried
+    assert raw.name in Path(show(run.id)[0].stderr).read_text()
