@@ -37,9 +37,13 @@ def submit(
     dunetpcver: Annotated[
         str | None, typer.Option("--dunetpcver", "-v", help="Override env DUNETPCVER.")
     ] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Wait for the jobs; exit 1 unless all finished.")
+    ] = False,
 ) -> None:
     """Submit the jobs of a p3s job file as Prefect flow runs."""
-    from p3s.job_client import submit_jobs
+    from p3s.job_client import submit_jobs, wait_for_jobs
+    from p3s.states import p3s_state
 
     try:
         jobs = load_jobs(file)
@@ -55,6 +59,15 @@ def submit(
         table.add_row(job.name, job.jobtype, str(job.priority), "defined", str(run.id))
     console.print(table)
     console.print(f"{len(runs)} job(s) submitted")
+    if not wait:
+        return
+    with console.status("waiting for the jobs…"):
+        done = asyncio.run(wait_for_jobs([r.id for r in runs], timeout_s=24 * 3600))
+    states = [p3s_state(r.state) for r in done]
+    for run, state in zip(done, states, strict=True):
+        console.print(f"{run.id}  {run.name}: {state}  {run.state.message or ''}")
+    if any(state != "finished" for state in states):
+        raise typer.Exit(1)
 
 
 @app.command("list")

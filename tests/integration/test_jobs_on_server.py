@@ -325,3 +325,28 @@ def test_a_corrupt_input_fails_its_job_once_with_the_fault(stack: Stack, tmp_pat
     assert run.state.type.value == "FAILED" and "code 65" in run.state.message
     assert run.run_count == 1  # a corrupt file is a payload error: never retried
     assert raw.name in Path(show(run.id)[0].stderr).read_text()
+
+
+def test_cli_submit_with_filenames_replicas_and_wait(stack: Stack) -> None:
+    result = subprocess.run(
+        [
+            str(BIN / "p3s"),
+            "job",
+            "submit",
+            str(REFERENCE_JOBS / "three_simple_jobs.json"),
+            "--filename",
+            "a.h5,b.h5",
+            "-N",
+            "2",
+            "--dunetpcver",
+            "v9",
+            "--wait",
+        ],
+        env={**os.environ, **stack.env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "12 job(s) submitted" in result.stdout
+    assert result.stdout.count(": finished") == 12
