@@ -87,16 +87,20 @@ def integer_quantiles(
     sub = a[:, ::step]
     rows, n = sub.shape
     q = np.asarray(quantiles, dtype=np.float64)
-    guess = np.median(sub[:, : min(n, 32)], axis=1).astype(np.int64)
+    m = min(n, 31)
+    guess = np.partition(sub[:, :m], m // 2, axis=1)[:, m // 2].astype(np.int64)
     low = guess - window // 2
     counts = _row_histograms(sub, low, window)
-    cum = np.cumsum(counts, axis=1)
-    target = q[:, None] * n  # (nq, rows)
-    k = (cum[None, :, :] < target[:, :, None]).sum(axis=2)  # first bin reaching the target
-    k = np.minimum(k, window - 1)
-    r = np.arange(rows)[None, :]
-    c_k = counts[r, k]
-    below = cum[r, k] - c_k
+    # One cumulative sum over all rows; each quantile is then one binary search.
+    cum = np.cumsum(counts.ravel())
+    base = np.arange(rows) * window
+    before = np.where(base > 0, cum[base - 1], 0)
+    target = before[None, :] + q[:, None] * n  # (nq, rows)
+    k = np.searchsorted(cum, target, side="left") - base[None, :]
+    k = np.clip(k, 0, window - 1)
+    flat = base[None, :] + k
+    c_k = counts.ravel()[flat]
+    below = cum[flat] - c_k
     frac = np.divide(target - below, c_k, out=np.full(k.shape, 0.5), where=c_k > 0)
     values = low[None, :] + k - 0.5 + frac
     # A stuck channel has all samples in one bin: its quantiles are that value, not a spread.
