@@ -37,10 +37,11 @@ def demo(
         return
     with console.status("waiting for the DQM jobs (the Prefect UI shows them live)…"):
         finished = asyncio.run(wait_for_jobs([r.id for r in runs], timeout_s=1800))
-    table = Table("job", "p3s state", "message")
-    table.add_column("job id", no_wrap=True)
+    table = Table("payload", "p3s state")
+    table.add_column("job id (p3s job show ID)", no_wrap=True)
     for done in finished:
-        table.add_row(done.name, p3s_state(done.state), done.state.message or "", str(done.id))
+        payload = done.name.split(":")[1]
+        table.add_row(payload, p3s_state(done.state), str(done.id))
     console.print(table)
     console.print(f"DQM products: {outbox}/run{run:06d}/0001/")
     if any(p3s_state(done.state) != "finished" for done in finished):
