@@ -33,6 +33,8 @@ PAYLOAD = "evdisplay"
 PLANE_NAMES = ("U", "V", "X")
 TIME_BINS = 500
 """Default image width in time bins."""
+OCCUPANCY_SIGMA = 5.0
+"""A sample counts towards a wire's occupancy above this many noise RMS."""
 COLOUR_RANGE = {
     ("raw", 0): (-40.0, 40.0),
     ("raw", 1): (-40.0, 40.0),
@@ -77,6 +79,8 @@ class PlaneImage:
         raw: ``float32`` ``(n_wires, ticks)``, raw ADC less the plane's median pedestal.
         prepared: ``float32`` ``(n_wires, ticks)``, prepared waveforms [ADC].
         dead: bool ``(n_wires,)``, channels found dead by the data preparation.
+        rms: ``float32`` ``(n_wires,)``, robust noise RMS of each channel before coherent-noise
+            removal [ADC].
     """
 
     event: int
@@ -86,6 +90,12 @@ class PlaneImage:
     raw: np.ndarray
     prepared: np.ndarray
     dead: np.ndarray
+    rms: np.ndarray
+
+    def occupancy(self, n_sigma: float = OCCUPANCY_SIGMA) -> np.ndarray:
+        """Samples per wire with ``|prepared| > n_sigma * rms`` (int64 ``(n_wires,)``)."""
+        thr = n_sigma * np.where(self.dead, np.inf, self.rms)[:, None]
+        return np.count_nonzero(np.abs(self.prepared) > thr, axis=1)
 
     def name(self, kind: str) -> str:
         """Product name, e.g. ``evt000000/apa0/plane2_prepared``."""
@@ -99,6 +109,7 @@ class _ApaBuffer:
     raw: np.ndarray  # float32 (n, ticks)
     prepared: np.ndarray
     dead: np.ndarray
+    rms: np.ndarray
     pending: set[int]
 
 
@@ -127,6 +138,7 @@ def apa_images(raw: RawFile, i: int) -> Iterator[PlaneImage]:
                 np.empty((n, raw.n_ticks), np.float32),
                 np.empty((n, raw.n_ticks), np.float32),
                 np.zeros(n, bool),
+                np.zeros(n, np.float32),
                 {f for f, a in apa_of_fiber.items() if a == apa},
             )
         buf = buffers[apa]
@@ -136,6 +148,7 @@ def apa_images(raw: RawFile, i: int) -> Iterator[PlaneImage]:
         buf.raw[slots] = block
         buf.prepared[slots] = prep.waveforms
         buf.dead[slots] = prep.dead
+        buf.rms[slots] = prep.rms
         buf.pending.discard(fiber)
         if not buf.pending:
             yield from _plane_images(geo, i, apa, buffers.pop(apa))
@@ -155,6 +168,7 @@ def _plane_images(geo: Geometry, event: int, apa: int, buf: _ApaBuffer) -> Itera
             raw=raw,
             prepared=buf.prepared[sel],
             dead=buf.dead[sel],
+            rms=buf.rms[sel],
         )
 
 
@@ -192,6 +206,17 @@ def _histogram(image: np.ndarray, wires: np.ndarray, t_max_us: float, name: str)
     return h
 
 
+def _occupancy_histogram(img: PlaneImage) -> hist.Hist:
+    w = img.wires
+    h = hist.Hist(
+        hist.axis.Regular(w.size, w[0] - 0.5, w[0] + w.size - 0.5, name="wire", label="wire"),
+        storage=hist.storage.Double(),
+        label=f"samples above {OCCUPANCY_SIGMA:g} RMS per wire",
+    )
+    h.view()[...] = img.occupancy()
+    return h
+
+
 def analyse(
     raw: RawFile | str | os.PathLike[str],
     *,
@@ -205,13 +230,16 @@ def analyse(
         raw: an open :class:`~p3s.payloads.rawformat.RawFile`, or a path to open (and close).
         n_events: events to display (``P3S_NEVENTS`` in p3s); fewer if the file has fewer.
         time_bins: image width in time bins (see :func:`pool_ticks`).
-        histograms: also return every image as a 2-D histogram (wire x time [us]).
+        histograms: also return every image as a 2-D histogram (wire x time [us]); off by
+            default, as a full event makes 36 of them of up to 960 x ``time_bins`` bins.
 
     Returns:
         :class:`~p3s.payloads.products.PayloadResult` named ``"evdisplay"`` with figures
-        ``evt{event:06d}/apa{a}/plane{p}_raw`` and ``..._prepared`` (and histograms of the same
-        names if asked); the summary lists the images with their event, APA, plane, kind,
-        wire range and the largest prepared signal [ADC].
+        ``evt{event:06d}/apa{a}/plane{p}_raw`` and ``..._prepared``, histograms
+        ``evt{event:06d}/apa{a}/plane{p}_occupancy`` (samples above 5 noise RMS per wire after
+        data preparation) and, if asked, the images under the figures' names; the summary
+        lists the images with their event, APA, plane, kind, wire range, dead channels and the
+        largest prepared signal [ADC].
     """
     if not isinstance(raw, RawFile):
         with open_raw(raw) as opened:
@@ -222,6 +250,7 @@ def analyse(
     figures, hists, listing = {}, {}, []
     for i in range(n):
         for img in apa_images(raw, i):
+            hists[img.name("occupancy")] = _occupancy_histogram(img)
             for kind, data in (("raw", img.raw), ("prepared", img.prepared)):
                 pooled, k = pool_ticks(data, time_bins)
                 t_max_us = pooled.shape[1] * k * raw.tick_us

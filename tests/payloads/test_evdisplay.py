@@ -78,7 +78,12 @@ def test_analyse_makes_raw_and_prepared_images(small_file, tmp_path):
     names = [im["name"] for im in result.summary["images"]]
     assert len(names) == 2 * 2 * 3 * 2
     assert "evt000001/apa1/plane2_prepared" in names and "evt000000/apa0/plane0_raw" in names
-    assert set(result.figures) == set(names) == set(result.histograms)
+    occupancy = {n.replace("_raw", "_occupancy") for n in names if n.endswith("_raw")}
+    assert set(result.figures) == set(names)
+    assert set(result.histograms) == set(names) | occupancy
+    occ = result.histograms["evt000000/apa1/plane2_occupancy"].values()
+    assert occ.argmax() == PULSE_WIRE and occ[PULSE_WIRE] >= 5
+    assert np.delete(occ, PULSE_WIRE).sum() < 5  # 5 sigma: hardly any noise sample
     h = result.histograms["evt000000/apa1/plane2_prepared"]
     assert h.values().shape == (48, N_TICKS // 2)  # 500 time bins at most: 2 ticks per bin
     assert h.axes[1].edges[-1] == pytest.approx(N_TICKS * 0.5)
@@ -93,7 +98,8 @@ def test_analyse_makes_raw_and_prepared_images(small_file, tmp_path):
 
 def test_analyse_pools_time_and_skips_histograms_by_default(small_file):
     result = evdisplay.analyse(small_file, n_events=1, time_bins=100)
-    assert result.histograms == {} and result.summary["time_bins"] == 100
+    assert all(name.endswith("_occupancy") for name in result.histograms)
+    assert result.summary["time_bins"] == 100
     assert len(result.figures) == 12
     image = result.figures["evt000000/apa1/plane2_prepared"].axes[0].images[0]
     assert image.get_array().shape == (100, 48)
