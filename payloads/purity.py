@@ -702,7 +702,9 @@ def _figure(tpc: int, sub: pandas.DataFrame, fit: LifetimeFit, t_max: float):
     ax.set_title(f"TPC {tpc}: {fit.n_tracks} tracks", fontsize="medium")
     if len(sub):
         ax.set_ylim(0, float(np.quantile(sub.charge, 0.98)) * 1.2)
-    ax.legend(fontsize="small")
+        ax.legend(fontsize="small")
+    else:
+        ax.text(0.5, 0.5, "no track", transform=ax.transAxes, ha="center")
     return fig
 
 
