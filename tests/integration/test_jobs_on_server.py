@@ -16,7 +16,7 @@ from p3s.jobs import P3SJob, expand_jobs, load_jobs
 from tests.conftest import SCRIPTS, Stack, wait_for_runs
 
 pytestmark = pytest.mark.integration
-REFERENCE_JOBS = Path(__file__).resolve().parents[3] / "shared" / "p3s-reference" / "jobs"
+REFERENCE_JOBS = Path(__file__).resolve().parents[1] / "data" / "p3s-reference" / "jobs"
 BIN = Path(sys.executable).parent
 
 

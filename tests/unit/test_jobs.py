@@ -8,7 +8,7 @@ import pytest
 
 from p3s.jobs import JobFileError, P3SJob, expand_jobs, jobs_to_json, load_jobs, parse_jobs
 
-REFERENCE_JOBS = Path(__file__).resolve().parents[3] / "shared" / "p3s-reference" / "jobs"
+REFERENCE_JOBS = Path(__file__).resolve().parents[1] / "data" / "p3s-reference" / "jobs"
 REFERENCE_FILES = sorted(REFERENCE_JOBS.glob("*.json"))
 
 
