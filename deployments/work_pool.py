@@ -63,6 +63,7 @@ async def ensure_work_pool(
     existing = {q.name: q for q in await client.read_work_queues(work_pool_name=name)}
     wanted = {queue_for_priority(p): prefect_priority(p) for p in P3S_PRIORITIES}
     wanted["default"] = prefect_priority(0) + 1
+    created = []
     for queue_name, priority in wanted.items():
         queue = existing.get(queue_name)
         if queue is None:
@@ -72,8 +73,11 @@ async def ensure_work_pool(
                 priority=priority,
                 description=f"p3s priority {queue_name.removeprefix('priority-')}",
             )
-            changes.append(f"queue {queue_name} created")
+            created.append(queue_name)
         elif queue.priority != priority:
             await client.update_work_queue(queue.id, priority=priority)
             changes.append(f"queue {queue_name}: priority {priority}")
+    if created:
+        span = created[0] if len(created) == 1 else f"{created[0]} .. {created[-1]}"
+        changes.append(f"{len(created)} queue(s) created: {span}")
     return changes

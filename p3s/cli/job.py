@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -95,13 +96,30 @@ def list_(
         for v in views:
             print(json.dumps(asdict(v)))
         return
-    table = Table("name", "jobtype", "prio", "p3s state", "Prefect state", "created")
-    table.add_column("job id", no_wrap=True, min_width=36)
+    # Ids and states never wrap (they are copied and scanned); the name folds instead. A
+    # narrow terminal gets the columns a shifter needs first; --json has everything.
+    columns = ["job id", "p3s", "Prefect", "prio", "created", "jobtype", "name"]
+    if console.width < 120:
+        columns = ["job id", "p3s", "prio", "name"]
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for header in columns:
+        fold = header in ("jobtype", "name")
+        table.add_column(header, no_wrap=not fold, overflow="fold" if fold else "ellipsis")
     for v in views:
-        table.add_row(
-            v.name, v.jobtype, str(v.priority), v.p3s_state, v.prefect_state, v.created, v.id
-        )
+        cells = {
+            "job id": v.id,
+            "p3s": v.p3s_state,
+            "Prefect": v.prefect_state,
+            "prio": str(v.priority),
+            "created": v.created,
+            "jobtype": v.jobtype,
+            "name": v.name,
+        }
+        table.add_row(*(cells[c] for c in columns))
     console.print(table)
+    console.print(
+        f"{len(views)} job(s)" + (f" (at most {limit}: --limit)" if len(views) >= limit else "")
+    )
 
 
 @app.command()
