@@ -131,16 +131,28 @@ def test_reference_jobs_run(stack: Stack) -> None:
     printenv = next(r for r in runs if r.name == "printenv")
     assert "P3S_INPUT_FILE=a.h5" in Path(show(printenv.id)[0].stdout).read_text()
     assert printenv.work_queue_name == "priority-10"
-    listed = subprocess.run(
-        [str(BIN / "p3s"), "job", "list", "--json", "--jobtype", "test", "--state", "finished"],
-        env={**os.environ, **stack.env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+
+    def job_list(*args: str, columns: int = 80) -> str:
+        listed = subprocess.run(
+            [str(BIN / "p3s"), "job", "list", "--jobtype", "test", "--state", "finished", *args],
+            env={**os.environ, **stack.env, "COLUMNS": str(columns)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert listed.returncode == 0, listed.stderr
+        return listed.stdout
+
+    rows = [json.loads(line) for line in job_list("--json").splitlines()]
     assert {str(r.id) for r in runs} <= {row["id"] for row in rows}
     assert {row["p3s_state"] for row in rows} == {"finished"}
+    # The table keeps every id whole, whatever the terminal's width; a wide one shows more.
+    for columns, headers in ((80, ["job id", "p3s", "prio", "name"]), (160, ["Prefect"])):
+        table = job_list(columns=columns)
+        assert all(len(line) <= columns for line in table.splitlines())
+        assert all(str(r.id) in table for r in runs)
+        header = next(line for line in table.splitlines() if "job id" in line)
+        assert all(h in header for h in headers)
 
 
 def test_fifty_jobs_at_once_all_finish_exactly_once(stack: Stack, tmp_path: Path) -> None:
