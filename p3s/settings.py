@@ -15,6 +15,8 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from p3s.datatypes import DataType, default_datatypes
+
 #: Where the repository (or the installed package) lives: the default home is beside it.
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 PACKAGED_PAYLOADS = PROJECT_DIR / "payloads"
@@ -46,6 +48,52 @@ class PoolSettings(BaseModel):
         4, description="Most flow runs the pool executes at once (a cap protects 2-core hosts)."
     )
     query_seconds: float = Field(1.0, description="How often the worker polls for new runs (s).")
+
+
+class StorageSettings(BaseModel):
+    """Stage-in and stage-out through fsspec (local folders, ``root://`` XRootD/EOS)."""
+
+    attempts: int = Field(
+        3, description="Tries of one transfer before a transient failure is reported."
+    )
+    backoff_seconds: float = Field(
+        1.0, description="Wait before the second try; doubled for each later try (s)."
+    )
+    timeout_seconds: int = Field(
+        20, description="XRootD request timeout: an unanswered request fails after this (s)."
+    )
+    scratch_dir: Path | None = Field(
+        None, description="Local scratch for staged-in files; None means HOME/scratch."
+    )
+
+
+class InboxSettings(BaseModel):
+    """The inbox scan, the file life cycle (claimed, used, quarantine) and output transport."""
+
+    root_url: str | None = Field(
+        None,
+        description="Folder (path or fsspec URL, e.g. root://host//eos/...) holding inbox/, "
+        "claimed/, used/ and quarantine/; None means the data root.",
+    )
+    poll_seconds: float = Field(
+        0.5, description="Pause between two scans of `p3s inbox watch` (s)."
+    )
+    settle_seconds: float = Field(
+        1.0,
+        description="A file is complete once its size and mtime stayed the same this long (s).",
+    )
+    emit_timeout_seconds: float = Field(
+        5.0, description="How long one event post to the Prefect API may take (s)."
+    )
+    datatypes: list[DataType] = Field(
+        default_factory=default_datatypes,
+        description="File-name patterns, their data type and the DQM deployments they feed.",
+    )
+    replica_url: str | None = Field(
+        None,
+        description="Where output transport replicates DQM products (path or fsspec URL); "
+        "None means DATA/replica.",
+    )
 
 
 class Settings(BaseSettings):
@@ -83,6 +131,8 @@ class Settings(BaseSettings):
     )
     server: ServerSettings = Field(default_factory=ServerSettings)
     pool: PoolSettings = Field(default_factory=PoolSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    inbox: InboxSettings = Field(default_factory=InboxSettings)
 
     @field_validator("payload_roots", mode="before")
     @classmethod
@@ -125,6 +175,11 @@ class Settings(BaseSettings):
         if self.site_path_map is not None:
             return self.site_path_map
         return {P3S_AFS_INPUTS: str(PACKAGED_PAYLOADS / "p3s-inputs"), P3S_EOS_AREA: str(self.data)}
+
+    @property
+    def scratch(self) -> Path:
+        """Local scratch folder where flows stage files in and write products."""
+        return self.storage.scratch_dir or self.home / "scratch"
 
     @property
     def catalog(self) -> str:
