@@ -96,6 +96,27 @@ class InboxSettings(BaseModel):
     )
 
 
+class WorkflowSettings(BaseModel):
+    """GraphML workflow templates (p3s DAGs) and the flow that runs them."""
+
+    datatypes: dict[str, str] = Field(
+        default_factory=lambda: {
+            "TXT": ".txt",
+            "JSON": ".json",
+            "CSV": ".csv",
+            "ROOT": ".root",
+            "HDF5": ".h5",
+            "PNG": ".png",
+            "LOG": ".log",
+        },
+        description="Registered data types of template edges and the file extension each "
+        "gives (p3s's Datatype table); an edge of any other type is refused.",
+    )
+    max_parallel_nodes: int = Field(
+        8, ge=1, description="Most nodes of one workflow run that execute at once."
+    )
+
+
 class Settings(BaseSettings):
     """The root of every p3s setting."""
 
@@ -133,6 +154,7 @@ class Settings(BaseSettings):
     pool: PoolSettings = Field(default_factory=PoolSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     inbox: InboxSettings = Field(default_factory=InboxSettings)
+    workflow: WorkflowSettings = Field(default_factory=WorkflowSettings)
 
     @field_validator("payload_roots", mode="before")
     @classmethod
