@@ -117,7 +117,7 @@ def _configure_xrootd_client() -> None:
 
     timeout = get_settings().storage.timeout_seconds
     EnvPutInt("ConnectionWindow", max(1, timeout // 4))
-    EnvPutInt("ConnectionRetry", 2)
+    EnvPutInt("ConnectionRetry", 1)
     EnvPutInt("RequestTimeout", timeout)
     EnvPutInt("StreamErrorWindow", 1)
     _XRD_CONFIGURED = True

@@ -124,6 +124,7 @@ class XRootDServer:
         if process is None or process.poll() is not None:
             return
         process.send_signal(signal.SIGTERM)
+        process.send_signal(signal.SIGCONT)  # a server frozen by a fault test must hear it
         try:
             process.wait(5)
         except subprocess.TimeoutExpired:
