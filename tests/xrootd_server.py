@@ -87,9 +87,18 @@ class XRootDServer:
             f"xrd.port {self.port}\n"
             "xrd.network nodnr\n"
             "xrootd.chksum adler32\n"
+            f"all.adminpath {self.base / 'admin'}\n"
+            f"all.pidpath {self.base / 'admin'}\n"
         )
         if os.geteuid() == 0:
-            for path in (self.base, self.localroot, self.export, self.log.parent):
+            (self.base / "admin").mkdir(exist_ok=True)
+            for path in (
+                self.base,
+                self.localroot,
+                self.export,
+                self.log.parent,
+                self.base / "admin",
+            ):
                 self.chown(path) if path != self.base else os.chmod(path, 0o755)
 
     def _listening(self) -> bool:
