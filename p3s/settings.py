@@ -117,6 +117,28 @@ class WorkflowSettings(BaseModel):
     )
 
 
+class PilotSettings(BaseModel):
+    """Pilots: the Dask workers of the ``p3s-pilot`` work pool (see blocks/pilot_pool.py)."""
+
+    pool_name: str = Field("p3s-pilots", description="Name of the pilots' Prefect work pool.")
+    block: str | None = Field(
+        None,
+        description="Name of a saved PilotPool block; None builds the pool from the fields below.",
+    )
+    cluster: str = Field("local", description="local, slurm or htcondor.")
+    min_pilots: int = Field(1, ge=0, description="Pilots kept warm when there is no work.")
+    max_pilots: int = Field(4, ge=1, description="Most pilots alive at once.")
+    cores: int = Field(1, ge=1, description="Cores (and flow-run slots) of each pilot.")
+    memory: str = Field("2GiB", description="Memory of each pilot.")
+    walltime: str = Field("01:00:00", description="Batch wall-clock limit of each pilot.")
+    queue: str | None = Field(None, description="Slurm partition; None means the default.")
+    idle_seconds: float = Field(30.0, description="Idle time (s) after which a pilot retires.")
+    query_seconds: float = Field(
+        0.2, description="How often the pilot worker asks for scheduled runs when slots are free."
+    )
+    scale_seconds: float = Field(2.0, description="How often the pool size is reconsidered (s).")
+
+
 class Settings(BaseSettings):
     """The root of every p3s setting."""
 
@@ -155,6 +177,7 @@ class Settings(BaseSettings):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     inbox: InboxSettings = Field(default_factory=InboxSettings)
     workflow: WorkflowSettings = Field(default_factory=WorkflowSettings)
+    pilots: PilotSettings = Field(default_factory=PilotSettings)
 
     @field_validator("payload_roots", mode="before")
     @classmethod
