@@ -1,0 +1,441 @@
+"""The life cycle of a raw file: inbox/ -> claimed/ -> used/ (or quarantine/ with a reason).
+
+All folders live under one root (``settings.inbox.root_url``, default the data root), a local
+folder or an fsspec URL such as ``root://host//eos/...``; every operation goes through fsspec
+(:mod:`p3s.storage`), never a FUSE path. Moves are renames inside one filesystem, so a file is
+always in exactly one folder.
+
+Bookkeeping lives beside the folders, in ``ROOT/.state/``:
+
+- ``announced/NAME``: the ``p3s.file.arrived`` event for the claimed file was accepted by the
+  Prefect server (written by :mod:`p3s.inbox`).
+- ``outcomes/NAME/PAYLOAD.json``: what each DQM flow reported for the file (written here, from
+  the ``p3s.dqm.finished`` event that triggered the life-cycle flow).
+
+:func:`settle` is idempotent: it may run several times per file and concurrently; the last
+run to record an outcome sees them all and makes the single move.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+
+from p3s import storage
+from p3s.datatypes import DataType, classify
+from p3s.settings import Settings
+
+log = logging.getLogger(__name__)
+
+STAGES = ("inbox", "claimed", "used", "quarantine")
+STATE = ".state"
+#: DQM outcomes as the DQM flows report them in ``p3s.dqm.finished``.
+OUTCOMES = ("completed", "failed", "corrupt")
+MAX_NAME = 255
+
+
+class UnsafeName(ValueError):
+    """A file name that could leave its folder (``..``, a slash, NUL, absolute, a link)."""
+
+
+def name_fault(name: str) -> str | None:
+    """Why ``name`` may not be used as a file name inside a p3s folder (None: it is safe).
+
+    Refused: empty names, ``.`` and ``..``, any slash or backslash (so no absolute path and no
+    sub-folder), NUL and other control characters, and names longer than 255 bytes.
+    """
+    if not name:
+        return "the name is empty"
+    if name in (".", ".."):
+        return f"{name!r} names a folder, not a file"
+    if "/" in name or "\\" in name:
+        return f"{name!r} contains a path separator (it would leave its folder)"
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        return f"{name!r} contains a control character (NUL, newline, ...)"
+    if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME:
+        return f"{name[:40]!r}... is longer than {MAX_NAME} bytes"
+    return None
+
+
+def check_name(name: str) -> str:
+    """``name`` if it is a safe file name, else :class:`UnsafeName` saying why."""
+    fault = name_fault(name)
+    if fault is not None:
+        raise UnsafeName(f"refused file name: {fault}")
+    return name
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One entry of a folder listing."""
+
+    name: str
+    #: "file", "directory", "link" or "other".
+    kind: str
+    size: int
+    #: Modification time (s since the epoch), None when the storage does not say.
+    mtime: float | None
+    #: Where a symbolic link points (local storage only).
+    target: str | None = None
+
+
+@dataclass(frozen=True)
+class Area:
+    """One folder on an fsspec filesystem, addressed by its URL."""
+
+    url: str
+
+    def fs(self) -> tuple[fsspec.AbstractFileSystem, str]:
+        fs, path = storage.filesystem(self.url)
+        return fs, path.rstrip("/")
+
+    @property
+    def local(self) -> bool:
+        return self.url.startswith("file://")
+
+    def child(self, name: str) -> str:
+        """The URL of ``name`` in this folder (the name is checked first)."""
+        return self.url.rstrip("/") + "/" + check_name(name)
+
+    def child_path(self, name: str) -> str:
+        fs, path = self.fs()
+        return path + "/" + check_name(name)
+
+    def sub(self, *names: str) -> Area:
+        url = self.url.rstrip("/")
+        for name in names:
+            url += "/" + check_name(name)
+        return Area(url)
+
+    def ensure(self) -> None:
+        fs, path = self.fs()
+        fs.makedirs(path, exist_ok=True)
+
+    def entries(self) -> list[Entry]:
+        """What the folder holds now (a missing folder holds nothing)."""
+        fs, path = self.fs()
+        fs.invalidate_cache(path)
+        try:
+            listing = fs.ls(path, detail=True)
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            if "no such file" in str(exc).lower() or "[3011]" in str(exc):
+                return []
+            raise storage.StorageUnavailable(f"{self.url}: listing failed: {exc}") from exc
+        found = []
+        for item in listing:
+            full = str(item["name"]).rstrip("/")
+            # The listing must name direct children; anything else is kept as its raw name,
+            # which name_fault() then refuses.
+            name = full[len(path) + 1 :] if full.startswith(path + "/") else full
+            kind = str(item.get("type", "file"))
+            if item.get("islink"):
+                kind = "link"
+            mtime = item.get("mtime")
+            found.append(
+                Entry(
+                    name=name,
+                    kind=kind if kind in ("file", "directory", "link") else "other",
+                    size=int(item.get("size") or 0),
+                    mtime=float(mtime) if mtime is not None else None,
+                    target=item.get("destination"),
+                )
+            )
+        return sorted(found, key=lambda e: e.name)
+
+    def names(self) -> set[str]:
+        return {e.name for e in self.entries()}
+
+    def exists(self, name: str) -> bool:
+        fs, path = self.fs()
+        fs.invalidate_cache(path)
+        target = path + "/" + check_name(name)
+        if self.local:
+            return os.path.lexists(target)
+        return bool(fs.exists(target))
+
+    def read_text(self, name: str) -> str | None:
+        fs, path = self.fs()
+        try:
+            return fs.cat_file(path + "/" + check_name(name)).decode("utf-8", "replace")
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if "no such file" in str(exc).lower() or "[3011]" in str(exc):
+                return None
+            raise
+
+    def write_text(self, name: str, text: str) -> None:
+        """Write a small file atomically (temporary name, then rename)."""
+        fs, path = self.fs()
+        fs.makedirs(path, exist_ok=True)
+        final = path + "/" + check_name(name)
+        temp = f"{path}/.{name}.tmp-{uuid.uuid4().hex[:8]}"
+        fs.pipe_file(temp, text.encode())
+        if self.local:
+            os.replace(temp, final)
+        else:
+            if fs.exists(final):
+                fs.rm_file(final)
+            fs.mv(temp, final)
+        fs.invalidate_cache(path)
+
+    def remove_self(self) -> None:
+        """Remove this folder and everything in it (a missing folder is fine)."""
+        fs, path = self.fs()
+        try:
+            fs.rm(path, recursive=True)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            if "no such file" not in str(exc).lower() and "[3011]" not in str(exc):
+                raise
+
+    def remove(self, name: str) -> None:
+        fs, path = self.fs()
+        target = path + "/" + check_name(name)
+        try:
+            fs.rm(target, recursive=True)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            if "no such file" not in str(exc).lower() and "[3011]" not in str(exc):
+                raise
+        fs.invalidate_cache(path)
+
+
+def move(source: Area, dest: Area, name: str) -> bool:
+    """Rename ``source/name`` to ``dest/name`` in one step; False if the source was gone.
+
+    Both folders must be on one filesystem (a rename, not a copy). An existing destination is
+    never overwritten: :class:`FileExistsError`.
+    """
+    check_name(name)
+    fs, src_path = source.fs()
+    _, dst_path = dest.fs()
+    src, dst = f"{src_path}/{name}", f"{dst_path}/{name}"
+    if dest.exists(name):
+        raise FileExistsError(f"{dest.child(name)} exists already; {source.child(name)} stays")
+    if source.local:
+        try:
+            os.rename(src, dst)
+        except FileNotFoundError:
+            if not os.path.isdir(dst_path):
+                os.makedirs(dst_path, exist_ok=True)
+                return move(source, dest, name)
+            return False
+        return True
+    try:
+        fs.mv(src, dst)
+    except OSError as exc:
+        fs.invalidate_cache(src_path)
+        if not fs.exists(src):
+            return False
+        if not fs.exists(dst_path):
+            fs.makedirs(dst_path, exist_ok=True)
+            return move(source, dest, name)
+        raise storage.StorageUnavailable(f"moving {src} to {dst} failed: {exc}") from exc
+    finally:
+        fs.invalidate_cache(src_path)
+        fs.invalidate_cache(dst_path)
+    return True
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The folders of the file life cycle under one root URL."""
+
+    root: str
+
+    @classmethod
+    def of(cls, settings: Settings) -> Layout:
+        return cls(storage.url_for(settings.inbox.root_url or settings.data))
+
+    def area(self, stage: str) -> Area:
+        if stage not in STAGES:
+            raise ValueError(f"unknown life-cycle folder {stage!r}; known: {', '.join(STAGES)}")
+        return Area(f"{self.root.rstrip('/')}/{stage}")
+
+    @property
+    def inbox(self) -> Area:
+        return self.area("inbox")
+
+    @property
+    def claimed(self) -> Area:
+        return self.area("claimed")
+
+    @property
+    def used(self) -> Area:
+        return self.area("used")
+
+    @property
+    def quarantine(self) -> Area:
+        return self.area("quarantine")
+
+    @property
+    def announced(self) -> Area:
+        """Markers of claimed files whose arrival event the Prefect server accepted."""
+        return Area(f"{self.root.rstrip('/')}/{STATE}/announced")
+
+    def outcomes(self, name: str) -> Area:
+        """The outcome records of one file."""
+        return Area(f"{self.root.rstrip('/')}/{STATE}/outcomes").sub(name)
+
+    def ensure(self) -> None:
+        for stage in STAGES:
+            self.area(stage).ensure()
+
+    def where(self, name: str) -> str | None:
+        """The life-cycle folder that holds ``name`` now (None: none does)."""
+        for stage in STAGES:
+            if self.area(stage).exists(name):
+                return stage
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# Settling a file once its DQM flows have reported
+
+
+@dataclass
+class Settled:
+    """What :func:`settle` did for one file."""
+
+    name: str
+    #: "used", "quarantine", "waiting", "already used", "already quarantine", "missing".
+    action: str
+    outcomes: dict[str, str] = field(default_factory=dict)
+    expected: tuple[str, ...] = ()
+    reason: str = ""
+
+    def __str__(self) -> str:
+        seen = ", ".join(f"{p}={o}" for p, o in sorted(self.outcomes.items())) or "none"
+        text = f"{self.name}: {self.action} (reported: {seen}; expected {len(self.expected)})"
+        return text + (f"; {self.reason}" if self.reason else "")
+
+
+OutcomeSource = Callable[[str], Mapping[str, str]]
+
+
+def catalog_outcomes(file_name: str) -> dict[str, str]:
+    """Outcomes the DQM catalog holds for the file ({} when the catalog is not available)."""
+    try:
+        from p3s.catalog import payload_outcomes
+    except ImportError:
+        return {}
+    try:
+        return dict(payload_outcomes(file_name))
+    except Exception as exc:  # noqa: BLE001 - the catalog only adds to the recorded outcomes
+        log.warning("the DQM catalog could not be read for %s: %s", file_name, exc)
+        return {}
+
+
+def record_outcome(layout: Layout, name: str, payload: str, outcome: str, reason: str) -> None:
+    """Keep what one DQM flow reported for ``name`` (idempotent: the same record again)."""
+    if outcome not in OUTCOMES:
+        raise ValueError(f"unknown DQM outcome {outcome!r}; expected one of {', '.join(OUTCOMES)}")
+    record = {"payload": payload, "outcome": outcome, "reason": reason}
+    layout.outcomes(name).write_text(f"{check_name(payload)}.json", json.dumps(record))
+
+
+def recorded_outcomes(layout: Layout, name: str) -> dict[str, dict[str, Any]]:
+    """The outcome records of ``name``: payload -> {"outcome", "reason"}."""
+    area = layout.outcomes(name)
+    found: dict[str, dict[str, Any]] = {}
+    for entry in area.entries():
+        if entry.kind != "file" or not entry.name.endswith(".json"):
+            continue
+        text = area.read_text(entry.name)
+        if text is None:
+            continue
+        try:
+            record = json.loads(text)
+            found[str(record["payload"])] = record
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignoring an unreadable outcome record %s", area.child(entry.name))
+    return found
+
+
+def settle(
+    settings: Settings,
+    name: str,
+    *,
+    payload: str | None = None,
+    outcome: str | None = None,
+    reason: str = "",
+    extra_outcomes: OutcomeSource = catalog_outcomes,
+) -> Settled:
+    """Record a DQM outcome for ``name`` and move the file once every DQM flow has reported.
+
+    The file goes from claimed/ to used/ when every payload its data type feeds has reported,
+    or to quarantine/ with ``NAME.reason`` when any reported it corrupt. Runs again and again
+    (several triggers per file, re-delivered events) without harm.
+
+    Args:
+        settings: where the folders are and which data types feed which payloads.
+        name: the file name (checked: it may not leave its folder).
+        payload, outcome, reason: what the triggering ``p3s.dqm.finished`` event reported.
+        extra_outcomes: more outcomes by payload (the DQM catalog by default).
+
+    Raises:
+        UnsafeName: ``name`` could leave its folder.
+        ValueError: the name matches no data type, or an unknown outcome.
+    """
+    check_name(name)
+    layout = Layout.of(settings)
+    datatype = _datatype_of(name, settings.inbox.datatypes)
+    expected = tuple(datatype.feeds)
+    if not layout.claimed.exists(name):
+        where = layout.where(name)
+        action = f"already {where}" if where in ("used", "quarantine") else "missing"
+        if where == "inbox":
+            action = "not claimed yet"
+        return Settled(name, action, expected=expected)
+    if payload is not None and outcome is not None:
+        record_outcome(layout, name, payload, outcome, reason)
+    records = recorded_outcomes(layout, name)
+    outcomes = {p: str(r["outcome"]) for p, r in records.items()}
+    for p, o in extra_outcomes(name).items():
+        outcomes.setdefault(p, o)
+    missing = [p for p in expected if p not in outcomes]
+    if missing:
+        return Settled(name, "waiting", outcomes, expected, f"waiting for {', '.join(missing)}")
+    corrupt = sorted(p for p, o in outcomes.items() if o == "corrupt")
+    if corrupt:
+        lines = [
+            f"{p}: {records.get(p, {}).get('reason') or 'reported the file corrupt'}"
+            for p in corrupt
+        ]
+        text = f"{name} is unreadable; DQM payloads reported it corrupt:\n" + "\n".join(lines)
+        layout.quarantine.write_text(f"{name}.reason", text + "\n")
+        dest, action = layout.quarantine, "quarantine"
+    else:
+        dest, action, text = layout.used, "used", ""
+    try:
+        moved = move(layout.claimed, dest, name)
+    except FileExistsError:
+        moved = False
+    if not moved:  # another run of this flow moved it a moment ago
+        where = layout.where(name)
+        return Settled(name, f"already {where}", outcomes, expected)
+    layout.outcomes(name).remove_self()
+    layout.announced.remove(name)
+    return Settled(name, action, outcomes, expected, text.splitlines()[0] if text else "")
+
+
+def _datatype_of(name: str, datatypes: list[DataType]) -> DataType:
+    identity = classify(name, datatypes)
+    if identity is None:
+        raise ValueError(f"{name!r} matches no configured data type; it has no DQM flows")
+    for datatype in datatypes:
+        if datatype.name == identity.datatype:
+            return datatype
+    raise AssertionError("classify() returned a data type that is not configured")
