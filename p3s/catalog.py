@@ -1,0 +1,539 @@
+"""The DQM catalog: files, runs, DQM results, purity, channel status and output products.
+
+SQLAlchemy 2 on the URL of ``settings.catalog`` (SQLite under the home by default, PostgreSQL
+in production, e.g. ``postgresql+psycopg://user@host/db``). Tables are created on first use.
+
+Recording is idempotent: :meth:`Catalog.record_payload` replaces everything one payload wrote
+for one file in a single transaction, so a retried flow run leaves one set of rows, not two.
+
+Tables (one row per):
+
+============== ==================================================================
+files          raw file (name unique): URL, run, subrun, size (bytes), adler32
+runs           run number, first seen
+dqm_results    file x payload: outcome, reason, flow run id, start and end times
+purity         file x TPC: run, timestamp, lifetime (ms), error (ms), track count
+channel_status file x APA x plane: channels, dead, noisy, mean RMS and pedestal (ADC)
+products       file x payload x product: URL, size (bytes), sha256, adler32
+============== ==================================================================
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    delete,
+    select,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+__all__ = [
+    "OUTCOMES",
+    "Catalog",
+    "ChannelStatus",
+    "DqmResult",
+    "File",
+    "Product",
+    "ProductInfo",
+    "Purity",
+    "Run",
+    "file_checksums",
+    "open_catalog",
+    "payload_outcomes",
+]
+
+T = TypeVar("T")
+OUTCOMES = ("completed", "failed", "corrupt")
+"""What a DQM flow run can report for its file."""
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Run(Base):
+    __tablename__ = "runs"
+
+    run: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    first_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class File(Base):
+    __tablename__ = "files"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    url: Mapped[str] = mapped_column(Text)
+    run: Mapped[int] = mapped_column(ForeignKey("runs.run"), index=True)
+    subrun: Mapped[int] = mapped_column(Integer)
+    size: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    adler32: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    first_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class DqmResult(Base):
+    __tablename__ = "dqm_results"
+    __table_args__ = (UniqueConstraint("file_id", "payload"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    file_id: Mapped[int] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"))
+    payload: Mapped[str] = mapped_column(String(32))
+    outcome: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    flow_run_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    started: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class Purity(Base):
+    __tablename__ = "purity"
+    __table_args__ = (UniqueConstraint("file_id", "tpc"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    file_id: Mapped[int] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"))
+    run: Mapped[int] = mapped_column(Integer, index=True)
+    tpc: Mapped[int] = mapped_column(Integer)
+    timestamp: Mapped[str] = mapped_column(String(32))
+    lifetime_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    error_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    count: Mapped[int] = mapped_column(Integer)
+
+
+class ChannelStatus(Base):
+    __tablename__ = "channel_status"
+    __table_args__ = (UniqueConstraint("file_id", "apa", "plane"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    file_id: Mapped[int] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"))
+    run: Mapped[int] = mapped_column(Integer, index=True)
+    apa: Mapped[int] = mapped_column(Integer)
+    plane: Mapped[str] = mapped_column(String(1))
+    n_channels: Mapped[int] = mapped_column(Integer)
+    n_dead: Mapped[int] = mapped_column(Integer)
+    n_noisy: Mapped[int] = mapped_column(Integer)
+    mean_rms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    mean_pedestal: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class Product(Base):
+    __tablename__ = "products"
+    __table_args__ = (UniqueConstraint("file_id", "payload", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    file_id: Mapped[int] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"))
+    run: Mapped[int] = mapped_column(Integer, index=True)
+    payload: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str] = mapped_column(String(255))
+    url: Mapped[str] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    adler32: Mapped[str] = mapped_column(String(8))
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+@dataclass(frozen=True)
+class ProductInfo:
+    """One output product to record: its name, stored URL, size (bytes) and checksums."""
+
+    name: str
+    url: str
+    size: int
+    sha256: str
+    adler32: str
+
+
+def file_checksums(path: str | Path) -> tuple[int, str, str]:
+    """Size (bytes), sha256 and adler32 (8 hex digits) of a local file, in one read."""
+    sha = hashlib.sha256()
+    adler = 1
+    size = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(4 * 1024 * 1024):
+            sha.update(chunk)
+            adler = zlib.adler32(chunk, adler)
+            size += len(chunk)
+    return size, sha.hexdigest(), f"{adler & 0xFFFFFFFF:08x}"
+
+
+def sync_url(url: str) -> str:
+    """The catalog URL with a synchronous driver: PostgreSQL goes through psycopg 3."""
+    for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url.removeprefix(prefix)
+    return url.replace("sqlite+aiosqlite://", "sqlite://", 1)
+
+
+def _retrying(operation: Callable[[], T], tries: int = 4) -> T:
+    """Run a transaction again when a concurrent writer created the same row or table first.
+
+    Flow runs for the four payloads of one file record at the same moment; the loser of a
+    race on a unique key (the file, the run) or on ``CREATE TABLE`` tries again and then finds
+    the winner's row.
+    """
+    for attempt in range(1, tries + 1):
+        try:
+            return operation()
+        except (IntegrityError, OperationalError, ProgrammingError):
+            if attempt == tries:
+                raise
+            time.sleep(0.1 * attempt)
+    raise AssertionError("unreachable")
+
+
+def _float(value: Any) -> float | None:
+    """A finite float or None (NaN and infinities are not stored)."""
+    if value is None:
+        return None
+    number = float(value)
+    return number if number == number and abs(number) != float("inf") else None
+
+
+def _row(obj: Base, skip: Sequence[str] = ("id", "file_id")) -> dict[str, Any]:
+    return {c.key: getattr(obj, c.key) for c in obj.__table__.columns if c.key not in skip}
+
+
+class Catalog:
+    """The DQM catalog on one database URL. Thread-safe: each call uses its own session."""
+
+    def __init__(self, url: str) -> None:
+        url = sync_url(url)
+        self.url = url
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"timeout": 30}
+        self.engine: Engine = create_engine(url, **kwargs)
+        _retrying(lambda: Base.metadata.create_all(self.engine))
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def __repr__(self) -> str:
+        return f"Catalog({self.engine.url.render_as_string(hide_password=True)!r})"
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session committed at the end of the block, rolled back on an error."""
+        with self._sessions.begin() as session:
+            yield session
+
+    def dispose(self) -> None:
+        """Close the engine's connections."""
+        self.engine.dispose()
+
+    # -- recording ----------------------------------------------------------------------------
+
+    def _file(
+        self,
+        session: Session,
+        name: str,
+        *,
+        url: str,
+        run: int,
+        subrun: int,
+        size: int | None = None,
+        adler32: str | None = None,
+    ) -> File:
+        if session.get(Run, run) is None:
+            session.add(Run(run=run))
+            session.flush()
+        file = session.scalars(select(File).where(File.name == name)).one_or_none()
+        if file is None:
+            file = File(name=name, url=url, run=run, subrun=subrun)
+            session.add(file)
+        file.url = url
+        file.size = size if size is not None else file.size
+        file.adler32 = adler32 or file.adler32
+        session.flush()
+        return file
+
+    def record_file(
+        self,
+        name: str,
+        *,
+        url: str,
+        run: int,
+        subrun: int,
+        size: int | None = None,
+        adler32: str | None = None,
+    ) -> None:
+        """Record (or update) a raw file and its run."""
+
+        def record() -> None:
+            with self.session() as session:
+                self._file(
+                    session, name, url=url, run=run, subrun=subrun, size=size, adler32=adler32
+                )
+
+        _retrying(record)
+
+    def record_payload(
+        self,
+        file_name: str,
+        payload: str,
+        *,
+        file_url: str,
+        run: int,
+        subrun: int,
+        outcome: str,
+        reason: str = "",
+        flow_run_id: str | None = None,
+        started: datetime | None = None,
+        finished: datetime | None = None,
+        summary: Mapping[str, Any] | None = None,
+        file_size: int | None = None,
+        file_adler32: str | None = None,
+        purity: Iterable[Mapping[str, Any]] = (),
+        planes: Iterable[Mapping[str, Any]] = (),
+        products: Iterable[ProductInfo] = (),
+    ) -> None:
+        """Record what one payload did for one file, replacing any earlier record of it.
+
+        Args:
+            outcome: one of :data:`OUTCOMES`.
+            purity: rows with ``tpc``, ``timestamp``, ``lifetime_ms``, ``error_ms``, ``count``.
+            planes: rows with ``apa``, ``plane_name``, ``n_channels``, ``n_dead``, ``n_noisy``,
+                ``mean_rms`` and ``mean_pedestal`` (ADC counts), as the TPC monitor's summary.
+            products: the stored output products.
+
+        Raises:
+            ValueError: ``outcome`` is not one of :data:`OUTCOMES`.
+        """
+        if outcome not in OUTCOMES:
+            raise ValueError(f"outcome {outcome!r} is not one of {', '.join(OUTCOMES)}")
+        purity, planes, products = list(purity), list(planes), list(products)
+        _retrying(
+            lambda: self._record_payload(
+                file_name,
+                payload,
+                file_url=file_url,
+                run=run,
+                subrun=subrun,
+                outcome=outcome,
+                reason=reason,
+                flow_run_id=flow_run_id,
+                started=started,
+                finished=finished,
+                summary=summary,
+                file_size=file_size,
+                file_adler32=file_adler32,
+                purity=purity,
+                planes=planes,
+                products=products,
+            )
+        )
+
+    def _record_payload(
+        self,
+        file_name: str,
+        payload: str,
+        *,
+        file_url: str,
+        run: int,
+        subrun: int,
+        outcome: str,
+        reason: str,
+        flow_run_id: str | None,
+        started: datetime | None,
+        finished: datetime | None,
+        summary: Mapping[str, Any] | None,
+        file_size: int | None,
+        file_adler32: str | None,
+        purity: list[Mapping[str, Any]],
+        planes: list[Mapping[str, Any]],
+        products: list[ProductInfo],
+    ) -> None:
+        with self.session() as session:
+            file = self._file(
+                session,
+                file_name,
+                url=file_url,
+                run=run,
+                subrun=subrun,
+                size=file_size,
+                adler32=file_adler32,
+            )
+            result = session.scalars(
+                select(DqmResult).where(DqmResult.file_id == file.id, DqmResult.payload == payload)
+            ).one_or_none()
+            if result is None:
+                result = DqmResult(file_id=file.id, payload=payload)
+                session.add(result)
+            result.outcome = outcome
+            result.reason = reason
+            result.flow_run_id = flow_run_id
+            result.started = started
+            result.finished = finished or _now()
+            result.summary = dict(summary) if summary is not None else None
+            self._replace_rows(session, file, payload, purity, planes, products)
+
+    def _replace_rows(
+        self,
+        session: Session,
+        file: File,
+        payload: str,
+        purity: Iterable[Mapping[str, Any]],
+        planes: Iterable[Mapping[str, Any]],
+        products: Iterable[ProductInfo],
+    ) -> None:
+        session.execute(
+            delete(Product).where(Product.file_id == file.id, Product.payload == payload)
+        )
+        for info in products:
+            session.add(
+                Product(
+                    file_id=file.id,
+                    run=file.run,
+                    payload=payload,
+                    name=info.name,
+                    url=info.url,
+                    size=info.size,
+                    sha256=info.sha256,
+                    adler32=info.adler32,
+                )
+            )
+        if payload == "purity":
+            session.execute(delete(Purity).where(Purity.file_id == file.id))
+            for row in purity:
+                session.add(
+                    Purity(
+                        file_id=file.id,
+                        run=file.run,
+                        tpc=int(row["tpc"]),
+                        timestamp=str(row["timestamp"]),
+                        lifetime_ms=_float(row.get("lifetime_ms")),
+                        error_ms=_float(row.get("error_ms")),
+                        count=int(row.get("count", 0)),
+                    )
+                )
+        if payload == "tpc_monitor":
+            session.execute(delete(ChannelStatus).where(ChannelStatus.file_id == file.id))
+            for row in planes:
+                session.add(
+                    ChannelStatus(
+                        file_id=file.id,
+                        run=file.run,
+                        apa=int(row["apa"]),
+                        plane=str(row.get("plane_name", row.get("plane"))),
+                        n_channels=int(row["n_channels"]),
+                        n_dead=int(row["n_dead"]),
+                        n_noisy=int(row["n_noisy"]),
+                        mean_rms=_float(row.get("mean_rms")),
+                        mean_pedestal=_float(row.get("mean_pedestal")),
+                    )
+                )
+
+    # -- queries ------------------------------------------------------------------------------
+
+    def payload_outcomes(self, file_name: str) -> dict[str, str]:
+        """The outcome each payload reported for ``file_name`` (``{}`` if none has)."""
+        with self.session() as session:
+            rows = session.execute(
+                select(DqmResult.payload, DqmResult.outcome)
+                .join(File, File.id == DqmResult.file_id)
+                .where(File.name == file_name)
+            ).all()
+        return {payload: outcome for payload, outcome in rows}
+
+    def files(self, run: int | None = None) -> list[dict[str, Any]]:
+        """Raw files (oldest first), each with its payload outcomes under ``outcomes``."""
+        with self.session() as session:
+            query = select(File).order_by(File.run, File.subrun, File.name)
+            if run is not None:
+                query = query.where(File.run == run)
+            files = session.scalars(query).all()
+            results = session.execute(
+                select(DqmResult.file_id, DqmResult.payload, DqmResult.outcome)
+            ).all()
+        outcomes: dict[int, dict[str, str]] = {}
+        for file_id, payload, outcome in results:
+            outcomes.setdefault(file_id, {})[payload] = outcome
+        return [{**_row(f, skip=("id",)), "outcomes": outcomes.get(f.id, {})} for f in files]
+
+    def results(self, file_name: str | None = None, run: int | None = None) -> list[dict[str, Any]]:
+        """DQM results with their file name, newest first."""
+        with self.session() as session:
+            query = select(DqmResult, File.name, File.run).join(File, File.id == DqmResult.file_id)
+            if file_name is not None:
+                query = query.where(File.name == file_name)
+            if run is not None:
+                query = query.where(File.run == run)
+            rows = session.execute(query.order_by(DqmResult.finished.desc())).all()
+        return [{"file": name, "run": r, **_row(result)} for result, name, r in rows]
+
+    def purity(self, run: int | None = None) -> list[dict[str, Any]]:
+        """Purity rows (run, TPC, timestamp, lifetime and error in ms, count), by run and TPC."""
+        with self.session() as session:
+            query = select(Purity, File.name).join(File, File.id == Purity.file_id)
+            if run is not None:
+                query = query.where(Purity.run == run)
+            rows = session.execute(query.order_by(Purity.run, Purity.timestamp, Purity.tpc)).all()
+        return [{**_row(p), "file": name} for p, name in rows]
+
+    def channels(self, run: int) -> list[dict[str, Any]]:
+        """Channel-status summaries of ``run`` per file, APA and plane."""
+        with self.session() as session:
+            rows = session.execute(
+                select(ChannelStatus, File.name)
+                .join(File, File.id == ChannelStatus.file_id)
+                .where(ChannelStatus.run == run)
+                .order_by(File.subrun, ChannelStatus.apa, ChannelStatus.plane)
+            ).all()
+        return [{**_row(c), "file": name} for c, name in rows]
+
+    def products(self, run: int, payload: str | None = None) -> list[dict[str, Any]]:
+        """Output products of ``run`` (optionally of one payload) with sizes and checksums."""
+        with self.session() as session:
+            query = (
+                select(Product, File.name)
+                .join(File, File.id == Product.file_id)
+                .where(Product.run == run)
+            )
+            if payload is not None:
+                query = query.where(Product.payload == payload)
+            rows = session.execute(query.order_by(File.subrun, Product.payload, Product.name)).all()
+        return [{**_row(p), "file": name} for p, name in rows]
+
+
+@lru_cache(maxsize=8)
+def _catalog(url: str) -> Catalog:
+    return Catalog(url)
+
+
+def open_catalog(url: str | None = None) -> Catalog:
+    """The catalog at ``url`` (default ``settings.catalog``), one per URL and process."""
+    if url is None:
+        from p3s.settings import get_settings
+
+        url = get_settings().catalog
+    return _catalog(url)
+
+
+def payload_outcomes(file_name: str, url: str | None = None) -> dict[str, str]:
+    """The outcome each DQM payload reported for ``file_name``: payload -> outcome."""
+    return open_catalog(url).payload_outcomes(file_name)
