@@ -159,6 +159,26 @@ def start_worker(settings: Settings, report: Report) -> None:
     )
 
 
+def inbox_watcher_process(settings: Settings) -> ManagedProcess:
+    return ManagedProcess("inbox-watch", settings.run_dir)
+
+
+def start_inbox_watcher(settings: Settings, report: Report) -> None:
+    """Start ``p3s inbox watch``: it claims complete inbox files and emits p3s.file.arrived."""
+    from p3s.lifecycle import Layout
+
+    layout = Layout.of(settings)
+    layout.ensure()
+    argv = [str(BIN / "p3s"), "inbox", "watch"]
+    process, new = inbox_watcher_process(settings).start(
+        argv, _env(client_environment(settings)), cwd=settings.home
+    )
+    report(
+        f"inbox watcher {'started' if new else 'already running'} (pid {process.pid}) "
+        f"on {layout.inbox.url}"
+    )
+
+
 def up(settings: Settings, report: Report) -> None:
     """Bring the whole embedded system up, step by step."""
     for folder in (settings.home, settings.run_dir, settings.job_logs, settings.data):
@@ -167,6 +187,7 @@ def up(settings: Settings, report: Report) -> None:
     setup_work_pool(settings, report)
     deploy(settings, report)
     start_worker(settings, report)
+    start_inbox_watcher(settings, report)
 
 
 @dataclass
@@ -180,7 +201,7 @@ def managed(settings: Settings) -> list[ManagedProcess]:
     """Everything ``up`` may have started, in the order ``down`` stops it."""
     found = sorted(settings.run_dir.glob("worker-*.json")) if settings.run_dir.exists() else []
     workers = [worker_process(settings, int(p.stem.split("-")[1])) for p in found]
-    return [*workers, server_process(settings)]
+    return [inbox_watcher_process(settings), *workers, server_process(settings)]
 
 
 def status(settings: Settings) -> list[ServiceStatus]:

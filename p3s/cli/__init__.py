@@ -12,6 +12,7 @@ from rich.console import Console
 from p3s.prefect_env import apply_client_environment
 from p3s.settings import get_settings
 
+from . import inbox as inbox_commands
 from . import job as job_commands
 from . import system as system_commands
 from .demo import demo
@@ -34,6 +35,7 @@ def _configure() -> None:
 system_commands.register(app)
 app.command()(demo)
 app.add_typer(job_commands.app, name="job")
+app.add_typer(inbox_commands.app, name="inbox")
 
 register_simulate(app)
 

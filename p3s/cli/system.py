@@ -30,6 +30,7 @@ def up() -> None:
         ("creating the work pool and its priority queues", system.setup_work_pool),
         ("applying the deployments of prefect.yaml", system.deploy),
         ("starting the worker", system.start_worker),
+        ("starting the inbox watcher", system.start_inbox_watcher),
     ]
     for folder in (settings.home, settings.run_dir, settings.job_logs, settings.data):
         folder.mkdir(parents=True, exist_ok=True)

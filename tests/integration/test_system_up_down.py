@@ -35,7 +35,7 @@ def test_up_is_idempotent_and_down_stops_exactly_its_processes(tmp_path: Path) -
         assert first.returncode == 0, first.stdout + first.stderr
         assert "Prefect server started" in first.stdout and "worker started" in first.stdout
         pids = recorded_pids(tmp_path / "home")
-        assert set(pids) == {"prefect-server", "worker-0"}
+        assert set(pids) == {"prefect-server", "worker-0", "inbox-watch"}
         assert all(psutil.pid_exists(pid) for pid in pids.values())
 
         again = p3s("up", env=env)
