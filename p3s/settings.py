@@ -65,6 +65,11 @@ class StorageSettings(BaseModel):
     scratch_dir: Path | None = Field(
         None, description="Local scratch for staged-in files; None means HOME/scratch."
     )
+    outbox_url: str | None = Field(
+        None,
+        description="Folder (path or URL, e.g. root://eos//outbox) where DQM products are "
+        "staged out under runRRRRRR/SSSS/PAYLOAD; None means DATA/outbox.",
+    )
 
 
 class InboxSettings(BaseModel):
@@ -225,6 +230,11 @@ class Settings(BaseSettings):
     def scratch(self) -> Path:
         """Local scratch folder where flows stage files in and write products."""
         return self.storage.scratch_dir or self.home / "scratch"
+
+    @property
+    def outbox(self) -> str:
+        """Folder URL of the DQM products (local ``file://`` by default)."""
+        return self.storage.outbox_url or f"file://{self.data / 'outbox'}"
 
     @property
     def catalog(self) -> str:

@@ -1,0 +1,192 @@
+"""The DQM flows: one per payload type, each run on one raw file.
+
+``dqm-tpc-monitor``, ``dqm-purity``, ``dqm-evdisplay`` and ``dqm-beam`` take the claimed raw
+file's URL (``file_url``) and an optional event limit (``n_events``, p3s's ``P3S_NEVENTS``).
+Each stages the file in (size and adler32 checked; transient storage failures retried with
+backoff), runs its payload in-process, stages every product out to
+``settings.outbox/runRRRRRR/SSSS/PAYLOAD`` (atomically), records the result in the DQM catalog,
+publishes artifacts and emits ``p3s.dqm.finished``.
+
+A bad input (corrupt, truncated, wrong version, not HDF5) or a payload error fails the run once,
+with a message naming the fault; the file is left where it is (the life cycle moves it).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from p3s.payloads.rawformat import RawFormatError, parse_filename
+from p3s.tasks.analyse import analyse
+from p3s.tasks.publish import emit_finished, publish_artifacts, record_result
+from p3s.tasks.stage import stage_in, stage_out
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+from prefect.states import Completed, Failed, State
+
+from p3s.settings import get_settings
+from p3s.storage import FileVanished, StorageError
+
+
+@dataclass(frozen=True)
+class RawFile:
+    """The raw file a DQM run works on: its URL, name, and run/subrun from its name."""
+
+    url: str
+    name: str
+    run: int
+    subrun: int
+
+    @classmethod
+    def from_url(cls, url: str) -> RawFile:
+        name = url.rstrip("/").rpartition("/")[2]
+        run, subrun, _stream = parse_filename(name) or (0, 0, 0)
+        return cls(url, name, run, subrun)
+
+
+def outbox_folder(payload: str, run: int, subrun: int) -> str:
+    """The folder URL of one payload's products: ``OUTBOX/runRRRRRR/SSSS/PAYLOAD``."""
+    return f"{get_settings().outbox.rstrip('/')}/run{run:06d}/{subrun:04d}/{payload}"
+
+
+def run_dqm(payload: str, file_url: str, n_events: int | None) -> State[Any]:
+    """Stage in, analyse, stage out, record, publish: the job every DQM flow does."""
+    logger = get_run_logger()
+    raw = RawFile.from_url(file_url)
+    started = datetime.now(UTC)
+    scratch = get_settings().scratch / str(flow_run.id)
+    report = {"payload": payload, "raw": raw, "started": started}
+    try:
+        local = stage_in(raw.url, scratch / "in")
+        result = analyse(payload, local, scratch / "out", n_events)
+        raw = RawFile(raw.url, raw.name, result.run, result.subrun)
+        outbox = outbox_folder(payload, result.run, result.subrun)
+        products = stage_out(result.products, outbox)
+    except RawFormatError as exc:
+        message = f"corrupt input {raw.name}: {exc.fault}"
+        return _report_failure(**report, outcome="corrupt", message=message)
+    except FileVanished as exc:
+        return _report_failure(**report, outcome="failed", message=str(exc))
+    except StorageError as exc:
+        message = f"storage failed after retries: {exc}"
+        return _report_failure(**report, outcome="failed", message=message)
+    except Exception as exc:
+        logger.exception("payload %s failed on %s", payload, raw.name)
+        message = f"payload {payload} failed on {raw.name}: {type(exc).__name__}: {exc}"
+        return _report_failure(**report, outcome="failed", message=message)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    message = f"{payload}: {len(products)} products of {raw.name} in {outbox}"
+    record_result(
+        payload,
+        file_name=raw.name,
+        file_url=raw.url,
+        run=raw.run,
+        subrun=raw.subrun,
+        outcome="completed",
+        reason=message,
+        flow_run_id=str(flow_run.id),
+        started=started,
+        summary=result.summary,
+        products=products,
+    )
+    publish_artifacts(
+        payload,
+        file_name=raw.name,
+        run=raw.run,
+        subrun=raw.subrun,
+        summary=result.summary,
+        products=products,
+        outbox_url=outbox,
+    )
+    emit_finished(
+        payload,
+        file_url=raw.url,
+        file_name=raw.name,
+        outcome="completed",
+        reason=message,
+        run=raw.run,
+        subrun=raw.subrun,
+        outbox_url=outbox,
+    )
+    logger.info(message)
+    return Completed(message=message, data=outbox)
+
+
+def _report_failure(
+    *, payload: str, raw: RawFile, started: datetime, outcome: str, message: str
+) -> State[Any]:
+    """Record and announce a failed run; the returned state fails it once (no flow retries)."""
+    get_run_logger().error(message)
+    record_result(
+        payload,
+        file_name=raw.name,
+        file_url=raw.url,
+        run=raw.run,
+        subrun=raw.subrun,
+        outcome=outcome,
+        reason=message,
+        flow_run_id=str(flow_run.id),
+        started=started,
+    )
+    emit_finished(
+        payload,
+        file_url=raw.url,
+        file_name=raw.name,
+        outcome=outcome,
+        reason=message,
+        run=raw.run,
+        subrun=raw.subrun,
+    )
+    if outcome == "corrupt":
+        return Failed(name="Corrupt", message=message)
+    return Failed(message=message)
+
+
+def _run_name() -> str:
+    url = str(flow_run.parameters.get("file_url", ""))
+    return f"{flow_run.flow_name}: {url.rpartition('/')[2]}"
+
+
+_FLOW_OPTIONS: dict[str, Any] = {
+    "flow_run_name": _run_name,
+    "persist_result": False,
+    "validate_parameters": True,
+    "retries": 0,
+}
+
+
+@flow(name="dqm-tpc-monitor", **_FLOW_OPTIONS)
+def dqm_tpc_monitor(file_url: str, n_events: int | None = None) -> State[Any]:
+    """TPC monitor: pedestals, noise, dead/noisy channels, FFTs per fiber, photon detectors."""
+    return run_dqm("tpc_monitor", file_url, n_events)
+
+
+@flow(name="dqm-purity", **_FLOW_OPTIONS)
+def dqm_purity(file_url: str, n_events: int | None = None) -> State[Any]:
+    """Purity monitor: electron lifetime per TPC from cosmic-muon tracks."""
+    return run_dqm("purity", file_url, n_events)
+
+
+@flow(name="dqm-evdisplay", **_FLOW_OPTIONS)
+def dqm_evdisplay(file_url: str, n_events: int | None = None) -> State[Any]:
+    """Event display and data preparation: wire x time images per APA and plane."""
+    return run_dqm("evdisplay", file_url, n_events)
+
+
+@flow(name="dqm-beam", **_FLOW_OPTIONS)
+def dqm_beam(file_url: str, n_events: int | None = None) -> State[Any]:
+    """Beam instrumentation monitor: momentum, time of flight, Cherenkov, beam profile."""
+    return run_dqm("beam", file_url, n_events)
+
+
+DQM_FLOWS = {
+    "tpc_monitor": dqm_tpc_monitor,
+    "purity": dqm_purity,
+    "evdisplay": dqm_evdisplay,
+    "beam": dqm_beam,
+}
+"""Each payload's flow."""

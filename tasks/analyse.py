@@ -1,0 +1,39 @@
+"""A DQM payload run in-process on a staged-in file, as a Prefect task without retries.
+
+A payload error or a bad input (:class:`~p3s.payloads.rawformat.RawFormatError`: corrupt,
+truncated, wrong version, not HDF5) would fail again on the same bytes: it is never retried.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from p3s.payloads.runner import run_payload
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """What a payload wrote: run, subrun, its JSON summary, and the product files in order."""
+
+    run: int
+    subrun: int
+    summary: dict[str, Any]
+    products: list[Path]
+
+
+@task(name="payload", retries=0, persist_result=False, cache_policy=NO_CACHE)
+def analyse(payload: str, raw_file: Path, scratch_dir: Path, n_events: int | None) -> Analysis:
+    """Run ``payload`` on ``raw_file``; products go under ``scratch_dir`` (summary.json last).
+
+    Args:
+        payload: one of ``p3s.payloads.runner.PAYLOADS``.
+        raw_file: the local copy of the raw file.
+        scratch_dir: local folder for the products (``runRRRRRR/SSSS/PAYLOAD`` below it).
+        n_events: analyse the first ``n_events`` events only (None: the payload's default).
+    """
+    result, _outdir, paths = run_payload(payload, raw_file, scratch_dir, n_events=n_events)
+    return Analysis(int(result.run), int(result.subrun), result.summary, paths)

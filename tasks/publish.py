@@ -1,0 +1,225 @@
+"""Publishing what a DQM flow found: catalog rows, Prefect artifacts, the finished event.
+
+- :func:`record_result` writes the DQM catalog (idempotent: a retried run replaces its rows).
+- :func:`publish_artifacts` creates a markdown summary with the payload's key numbers, and for
+  the purity monitor a table artifact with one row per TPC (run, TPC, timestamp, lifetime and
+  error in ms, count), as p3s's purity page listed them. Keys are ``<payload>-runRRRRRR-SSSS``
+  (lowercase and dashes), so each run/subrun has one artifact history per payload.
+- :func:`emit_finished` emits ``p3s.dqm.finished`` for the file life cycle and transport.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.events import emit_event
+
+from p3s.catalog import ProductInfo, open_catalog
+
+FINISHED_EVENT = "p3s.dqm.finished"
+
+
+def artifact_key(kind: str, payload: str, run: int, subrun: int) -> str:
+    """An artifact key such as ``purity-table-run000042-0007`` (lowercase letters, digits, -)."""
+    return f"{payload.replace('_', '-')}-{kind}-run{run:06d}-{subrun:04d}".lower()
+
+
+def record_result(
+    payload: str,
+    *,
+    file_name: str,
+    file_url: str,
+    run: int,
+    subrun: int,
+    outcome: str,
+    reason: str,
+    flow_run_id: str,
+    started: datetime,
+    summary: Mapping[str, Any] | None = None,
+    products: Sequence[ProductInfo] = (),
+) -> None:
+    """Record one payload's result for one file in the DQM catalog (``settings.catalog``)."""
+    summary = summary or {}
+    open_catalog().record_payload(
+        file_name,
+        payload,
+        file_url=file_url,
+        run=run,
+        subrun=subrun,
+        outcome=outcome,
+        reason=reason,
+        flow_run_id=flow_run_id,
+        started=started,
+        summary=_jsonable(summary) if summary else None,
+        purity=summary.get("purity", []),
+        planes=summary.get("planes", []),
+        products=products,
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` as plain JSON types, NaN and infinities as None (every database stores it)."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, bool | int | str) or value is None:
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    try:
+        return _jsonable(value.item())  # numpy scalars
+    except AttributeError:
+        return json.loads(json.dumps(value, default=str))
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, float):
+        return "n/a" if not math.isfinite(value) else f"{value:.4g}"
+    return str(value)
+
+
+def _key_numbers(payload: str, summary: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The lines of the summary table: scalars first, then the payload's own highlights."""
+    lines = [
+        (key.replace("_", " "), _number(value))
+        for key, value in summary.items()
+        if isinstance(value, int | float | str) and not isinstance(value, bool)
+    ]
+    if payload == "tpc_monitor":
+        for plane, rms in summary.get("mean_rms", {}).items():
+            lines.append((f"mean RMS plane {plane} (ADC)", _number(rms)))
+        for fiber, freqs in summary.get("coherent_lines_khz", {}).items():
+            lines.append((f"coherent lines fiber {fiber} (kHz)", ", ".join(map(_number, freqs))))
+        for key, value in summary.get("pds", {}).items():
+            lines.append((f"PDS {key.replace('_', ' ')}", _number(value)))
+    elif payload == "beam":
+        for pid, count in summary.get("pid_counts", {}).items():
+            lines.append((f"particles {pid}", _number(count)))
+    elif payload == "evdisplay":
+        lines.append(("images", str(len(summary.get("images", [])))))
+    return lines
+
+
+def summary_markdown(
+    payload: str,
+    *,
+    file_name: str,
+    run: int,
+    subrun: int,
+    summary: Mapping[str, Any],
+    products: Sequence[ProductInfo],
+    outbox_url: str,
+) -> str:
+    """The markdown summary of one payload on one file: key numbers, purity, products."""
+    out = [
+        f"# {payload} · run {run} subrun {subrun}",
+        "",
+        f"File `{file_name}`; products in `{outbox_url}`.",
+        "",
+        "| quantity | value |",
+        "|---|---|",
+    ]
+    out += [f"| {name} | {value} |" for name, value in _key_numbers(payload, summary)]
+    if summary.get("purity"):
+        out += ["", "| TPC | lifetime (ms) | error (ms) | tracks |", "|---|---|---|---|"]
+        for row in summary["purity"]:
+            out.append(
+                f"| {row['tpc']} | {_number(row.get('lifetime_ms'))} | "
+                f"{_number(row.get('error_ms'))} | {row.get('count', 0)} |"
+            )
+    if summary.get("planes"):
+        out += ["", "| APA | plane | channels | dead | noisy | mean RMS (ADC) |"]
+        out += ["|---|---|---|---|---|---|"]
+        for row in summary["planes"]:
+            out.append(
+                f"| {row['apa']} | {row.get('plane_name', row.get('plane'))} | "
+                f"{row['n_channels']} | {row['n_dead']} | {row['n_noisy']} | "
+                f"{_number(row.get('mean_rms'))} |"
+            )
+    out += ["", "| product | bytes | adler32 |", "|---|---|---|"]
+    out += [f"| [{p.name}]({p.url}) | {p.size} | {p.adler32} |" for p in products]
+    return "\n".join(out) + "\n"
+
+
+def publish_artifacts(
+    payload: str,
+    *,
+    file_name: str,
+    run: int,
+    subrun: int,
+    summary: Mapping[str, Any],
+    products: Sequence[ProductInfo],
+    outbox_url: str,
+) -> None:
+    """Create the run's artifacts: a markdown summary; for purity also a table."""
+    create_markdown_artifact(
+        summary_markdown(
+            payload,
+            file_name=file_name,
+            run=run,
+            subrun=subrun,
+            summary=summary,
+            products=products,
+            outbox_url=outbox_url,
+        ),
+        key=artifact_key("summary", payload, run, subrun),
+        description=f"DQM {payload} of {file_name}",
+    )
+    if payload == "purity":
+        rows = [
+            {
+                "run": row["run"],
+                "tpc": row["tpc"],
+                "timestamp": row["timestamp"],
+                "lifetime_ms": _finite(row.get("lifetime_ms")),
+                "error_ms": _finite(row.get("error_ms")),
+                "count": row.get("count", 0),
+            }
+            for row in summary.get("purity", [])
+        ]
+        create_table_artifact(
+            rows,
+            key=artifact_key("table", payload, run, subrun),
+            description=f"Electron lifetime per TPC, run {run} subrun {subrun}",
+        )
+
+
+def _finite(value: Any) -> float | None:
+    if value is None:
+        return None
+    number = float(value)
+    return round(number, 4) if math.isfinite(number) else None
+
+
+def emit_finished(
+    payload: str,
+    *,
+    file_url: str,
+    file_name: str,
+    outcome: str,
+    reason: str,
+    run: int,
+    subrun: int,
+    outbox_url: str | None = None,
+) -> None:
+    """Emit ``p3s.dqm.finished`` for one payload and file (resource and payload: contract)."""
+    resource = {
+        "prefect.resource.id": f"p3s.dqm.{payload}.{file_name}",
+        "p3s.file.url": file_url,
+        "p3s.file.name": file_name,
+        "p3s.payload": payload,
+        "p3s.outcome": outcome,
+    }
+    if outbox_url and outcome == "completed":
+        resource["p3s.outbox.url"] = outbox_url
+    emit_event(
+        event=FINISHED_EVENT,
+        resource=resource,
+        payload={"reason": reason, "run": run, "subrun": subrun},
+    )
