@@ -1,0 +1,200 @@
+"""What runs on a pilot: each flow run in its own child, forked from a warm fork server.
+
+A pilot (a Dask worker) receives :func:`run_on_pilot` as a Dask task. The task forks a child
+from the pilot's ``forkserver`` (started once, with Prefect and every ``p3s.flows`` module
+already imported by :mod:`p3s.pilots.preload`), so a child is ready in milliseconds instead of
+the seconds a fresh interpreter takes. The child:
+
+1. reads the flow run and runs it only if it is still ``Pending`` (claimed by the pilot worker
+   for this execution): a run already ``Running`` elsewhere is never started twice;
+2. runs it with ``prefect.flow_engine.run_flow`` (the engine sets Running and the final state);
+3. flushes its logs and events and exits.
+
+Because each run is a process, cancellation and a lost pilot can kill it: the child dies with
+the fork server (``PR_SET_PDEATHSIG``), the fork server exits when its Dask worker dies, and the
+payload of a ``p3s-job`` dies with the child (see :mod:`p3s.tasks.payload`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+from multiprocessing.context import BaseContext
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import psutil
+
+from p3s.settings import PROJECT_DIR
+
+#: Exit code of a child that found its run no longer Pending (someone else has it).
+NOT_CLAIMED = 3
+#: Exit code of a child whose flow could not be loaded or whose engine raised.
+ENGINE_ERROR = 1
+#: Top-level folders of the repository that are importable as ``p3s.<folder>``.
+PACKAGE_FOLDERS = ("flows", "tasks")
+
+_PR_SET_PDEATHSIG = 1
+_context: BaseContext | None = None
+_context_lock = threading.Lock()
+#: Children running on this pilot, by flow run id: the cancellation hook finds them here.
+_running: dict[str, multiprocessing.process.BaseProcess] = {}
+_cancelled: set[str] = set()
+
+
+def fork_context() -> BaseContext:
+    """The pilot's ``forkserver`` context; its server preloads Prefect and the p3s flows."""
+    global _context
+    with _context_lock:
+        if _context is None:
+            ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload(["p3s.pilots.preload"])
+            # Dask marks worker processes daemonic (so the nanny's exit ends them), and
+            # multiprocessing refuses children to daemonic processes. The children here die
+            # with the worker through the fork server and PR_SET_PDEATHSIG, so lift the guard.
+            multiprocessing.current_process()._config["daemon"] = False  # type: ignore[attr-defined]
+            _context = ctx
+        return _context
+
+
+def warm_up() -> None:
+    """Start the fork server now, so the first flow run does not pay its start (seconds)."""
+    from multiprocessing import forkserver
+
+    fork_context()
+    forkserver.ensure_running()
+
+
+def _die_with_parent() -> None:
+    # The parent is the fork server, which exits when its Dask worker dies.
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def load_entrypoint(entrypoint: str) -> Any:
+    """The flow at ``path.py:name``, from the installed ``p3s`` package when it is one of its
+    modules (already imported by the fork server: no cost), else loaded from the file."""
+    path, _, name = entrypoint.rpartition(":")
+    rel = Path(path)
+    if not rel.is_absolute() and rel.suffix == ".py" and rel.parts[0] in PACKAGE_FOLDERS:
+        module = "p3s." + ".".join(rel.with_suffix("").parts)
+        with contextlib.suppress(ImportError, AttributeError):
+            return getattr(importlib.import_module(module), name)
+    from prefect.flows import load_flow_from_entrypoint
+
+    full = rel if rel.is_absolute() else PROJECT_DIR / rel
+    return load_flow_from_entrypoint(f"{full}:{name}", use_placeholder_flow=False)
+
+
+def _flush() -> None:
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    with contextlib.suppress(Exception):
+        APILogWorker.drain_all(timeout=10)
+    with contextlib.suppress(Exception):
+        EventsWorker.drain_all(timeout=10)
+
+
+def child_main(run_id: str, entrypoint: str, pilot: str) -> None:
+    """Body of the child process of one flow run (see the module docstring)."""
+    _die_with_parent()
+    if os.getppid() == 1:  # the fork server died before PR_SET_PDEATHSIG took effect
+        os._exit(ENGINE_ERROR)
+    os.environ["P3S_PILOT_NAME"] = pilot
+    from prefect.flow_engine import load_flow_run, run_flow
+    from prefect.logging.loggers import flow_run_logger
+
+    flow_run = load_flow_run(UUID(run_id))
+    if flow_run.state is None or not flow_run.state.is_pending():
+        sys.exit(NOT_CLAIMED)
+    logger = flow_run_logger(flow_run=flow_run)
+    code = 0
+    try:
+        logger.info("p3s pilot %s runs this flow run (child pid %s)", pilot, os.getpid())
+        flow = load_entrypoint(entrypoint)
+        run_flow(flow, flow_run=flow_run, return_type="state", error_logger=logger)
+    except Exception:
+        logger.exception("the flow run could not be executed on pilot %s", pilot)
+        code = ENGINE_ERROR
+    finally:
+        _flush()
+    sys.exit(code)
+
+
+def stop_tree(pid: int, grace_s: float) -> None:
+    """SIGTERM a child and every process group below it (payloads run in their own
+    sessions), then SIGKILL whatever is left after ``grace_s`` seconds."""
+    try:
+        root = psutil.Process(pid)
+        family = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    groups = set()
+    for proc in family[1:]:
+        with contextlib.suppress(psutil.Error, OSError):
+            groups.add(os.getpgid(proc.pid))
+    for group in groups:
+        with contextlib.suppress(OSError):
+            os.killpg(group, signal.SIGTERM)
+    with contextlib.suppress(psutil.NoSuchProcess):
+        root.terminate()
+    _, alive = psutil.wait_procs(family, timeout=grace_s)
+    for group in groups:
+        with contextlib.suppress(OSError):
+            os.killpg(group, signal.SIGKILL)
+    for proc in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+
+
+def cancel_local(run_id: str, grace_s: float = 5.0) -> bool:
+    """Stop the child running ``run_id`` on this pilot, if any (called through
+    ``Client.run`` on every pilot); returns whether this pilot had it."""
+    proc = _running.get(run_id)
+    if proc is None or proc.pid is None:
+        return False
+    _cancelled.add(run_id)
+    # Not on the worker's event loop: the grace period may take seconds.
+    threading.Thread(target=stop_tree, args=(proc.pid, grace_s), daemon=True).start()
+    return True
+
+
+def run_on_pilot(run_id: str, entrypoint: str) -> dict[str, Any]:
+    """The Dask task of one flow run: fork its child, wait for it, say how it ended.
+
+    Returns:
+        ``run_id``, ``pilot`` (Dask worker name), ``exit_code`` (negative: killed by that
+        signal), ``cancelled`` (stopped by :func:`cancel_local`), ``seconds`` (wall time).
+    """
+    from distributed import get_worker
+
+    pilot = str(get_worker().name)
+    ctx = fork_context()
+    started = time.monotonic()
+    proc = ctx.Process(  # type: ignore[attr-defined]
+        target=child_main, args=(run_id, entrypoint, pilot), name=f"p3s-run-{run_id}"
+    )
+    proc.start()
+    _running[run_id] = proc
+    try:
+        proc.join()
+    finally:
+        _running.pop(run_id, None)
+    cancelled = run_id in _cancelled
+    _cancelled.discard(run_id)
+    return {
+        "run_id": run_id,
+        "pilot": pilot,
+        "exit_code": proc.exitcode,
+        "cancelled": cancelled,
+        "seconds": round(time.monotonic() - started, 3),
+    }

@@ -1,0 +1,28 @@
+"""Imported once by each pilot's fork server, so that every flow-run child starts warm.
+
+Everything imported here is shared (copy-on-write) by the children forked for flow runs: the
+Prefect flow engine and client, and every flow module of ``p3s.flows``. A flow module that
+fails to import is skipped here; the child reports the error when it needs that flow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import pkgutil
+
+import prefect.flow_engine  # noqa: F401
+import prefect.flows  # noqa: F401
+from prefect.client.orchestration import get_client  # noqa: F401
+
+
+def _import_flows() -> None:
+    with contextlib.suppress(Exception):
+        import p3s.flows
+
+        for info in pkgutil.iter_modules(p3s.flows.__path__):
+            with contextlib.suppress(Exception):
+                importlib.import_module(f"p3s.flows.{info.name}")
+
+
+_import_flows()

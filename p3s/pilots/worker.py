@@ -1,0 +1,565 @@
+"""The ``p3s-pilot`` worker type: flow runs of a work pool execute on warm Dask workers (pilots).
+
+``prefect worker start --type p3s-pilot --pool NAME`` (or ``p3s up``) runs one
+:class:`PilotWorker`. It holds the pool's Dask cluster (local, Slurm or HTCondor, from a
+:class:`~p3s.blocks.pilot_pool.PilotPool`) and, every ``P3S_PILOTS__QUERY_SECONDS``:
+
+1. asks the server for scheduled runs with a limit equal to its free pilot slots (queue
+   priorities respected: priority-10 first), leaving runs whose jobtype is at its limit;
+2. claims each by proposing ``Pending`` and keeps it only if the server accepted;
+3. submits :func:`p3s.pilots.execute.run_on_pilot` to Dask, which forks the run's child on a
+   pilot (milliseconds on a warm pilot) and waits for it.
+
+When a run ends the worker looks at how: a child killed by a cancellation gets ``Cancelled``; a
+child that died without a final state gets ``Crashed``; a run whose pilot was lost (batch job
+killed, evicted, at its walltime) is put back to ``Scheduled`` and a ``p3s.pilot.lost`` event
+says so, so it runs again on another pilot and is never left Running. Dask never re-runs the
+task itself (``allowed-failures`` 0), and the child only starts a run that is still Pending.
+
+Every ``P3S_PILOTS__SCALE_SECONDS`` the worker sizes the pool from the backlog of scheduled runs
+(:mod:`p3s.pilots.scaling`), emits ``p3s.pilots.scaled`` for each change and publishes the pilot
+counts (:mod:`p3s.pilots.status`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+import anyio
+from distributed.diagnostics.plugin import WorkerPlugin
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterNextScheduledStartTime,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+    WorkPoolFilter,
+    WorkPoolFilterName,
+)
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.responses import WorkerFlowRunResponse
+from prefect.events import emit_event
+from prefect.exceptions import Abort, ObjectNotFound
+from prefect.states import Cancelled, Crashed, Pending, Scheduled
+from prefect.types._datetime import now as prefect_now
+from prefect.utilities.engine import propose_state
+from prefect.workers.base import (
+    BaseJobConfiguration,
+    BaseVariables,
+    BaseWorker,
+    BaseWorkerResult,
+)
+
+from p3s.blocks.pilot_pool import PilotPool
+from p3s.pilots import execute, limits, scaling
+from p3s.pilots.status import PilotCounts, publish
+from p3s.settings import Settings, get_settings
+
+#: Seconds a cancelled payload gets between SIGTERM and SIGKILL.
+CANCEL_GRACE_S = 5.0
+
+
+class PilotJobConfiguration(BaseJobConfiguration):
+    """Nothing per run: the pilots are configured by the pool's PilotPool block."""
+
+
+class PilotVariables(BaseVariables):
+    """No per-deployment variables yet."""
+
+
+class PilotWorkerResult(BaseWorkerResult):
+    """How one flow run ended on a pilot."""
+
+
+@dataclass
+class InFlight:
+    """A flow run claimed by this worker and handed to Dask."""
+
+    run_id: UUID
+    name: str
+    jobtype: str | None
+    future: Any
+    submitted: float = field(default_factory=time.monotonic)
+
+
+async def load_pilot_pool(settings: Settings) -> PilotPool:
+    """The saved PilotPool block named in the settings, else one built from them."""
+    p = settings.pilots
+    if p.block:
+        return await PilotPool.aload(p.block)
+    return PilotPool(
+        cluster=p.cluster,  # type: ignore[arg-type]
+        cores=p.cores,
+        memory=p.memory,
+        walltime=p.walltime,
+        queue=p.queue,
+        min_pilots=p.min_pilots,
+        max_pilots=p.max_pilots,
+        idle_seconds=p.idle_seconds,
+        log_directory=str(settings.run_dir / "pilots"),
+    )
+
+
+class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerResult]):
+    """Runs a work pool's flow runs on warm Dask workers (pilots); see the module docstring."""
+
+    type = "p3s-pilot"
+    job_configuration = PilotJobConfiguration
+    job_configuration_variables = PilotVariables
+    _description = "p3s pilots: flow runs on warm Dask workers (local, Slurm, HTCondor)."
+    _display_name = "p3s pilots"
+    _documentation_url = "https://github.com/"
+
+    def __init__(self, *args: Any, pilot_pool: PilotPool | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pilot_pool = pilot_pool
+        self.settings = get_settings()
+        self._cluster: Any = None
+        self._dask: Any = None
+        self._in_flight: dict[UUID, InFlight] = {}
+        self._entrypoints: dict[UUID, str] = {}
+        self._skipped = 0
+        self._limits: dict[str, int] = {}
+        self._limits_read = 0.0
+        self._backlog = 0
+        self._seen: set[str] = set()
+        self._retiring: set[str] = set()
+        self._idle_since: dict[str, float] = {}
+        self._stopped = 0
+        self._lost = 0
+        self._last_counts: PilotCounts | None = None
+        self._scope: anyio.CancelScope | None = None
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    async def setup(self) -> None:
+        await super().setup()
+        from distributed import Client
+
+        if self.pilot_pool is None:
+            self.pilot_pool = await load_pilot_pool(self.settings)
+        from p3s.pilots.cluster import start_cluster
+
+        self._cluster = await start_cluster(self.pilot_pool)
+        self._dask = await Client(self._cluster, asynchronous=True)
+        await self._dask.register_plugin(WarmUp(), name="p3s-warm-up")
+        if self.pilot_pool.min_pilots:
+            self._cluster.scale(self.pilot_pool.min_pilots)
+        self._logger.info(
+            "pilot pool: %s cluster, %s..%s pilots of %s slot(s)",
+            self.pilot_pool.cluster,
+            self.pilot_pool.min_pilots,
+            self.pilot_pool.max_pilots,
+            self.pilot_pool.slots_per_pilot,
+        )
+        self._scope = anyio.CancelScope()
+        self._scheduled_task_scopes.add(self._scope)
+        assert self._runs_task_group is not None
+        self._runs_task_group.start_soon(self._scale_loop)
+
+    async def teardown(self, *exc_info: Any) -> None:
+        if self._scope is not None:
+            self._scope.cancel()
+        for entry in list(self._in_flight.values()):
+            with contextlib.suppress(Exception):
+                await self._reschedule(entry.run_id, "the pilot worker stopped")
+        if self._dask is not None:
+            with contextlib.suppress(Exception):
+                await self._dask.close()
+        if self._cluster is not None:
+            with contextlib.suppress(Exception):
+                await self._cluster.close()
+        await super().teardown(*exc_info)
+
+    async def run(
+        self,
+        flow_run: FlowRun,
+        configuration: PilotJobConfiguration,
+        task_status: anyio.abc.TaskStatus[int] | None = None,
+    ) -> PilotWorkerResult:
+        """Run one already claimed flow run on a pilot and wait for it."""
+        entry = await self._submit(flow_run)
+        if task_status is not None:
+            task_status.started(0)
+        if entry is None:
+            return PilotWorkerResult(identifier=str(flow_run.id), status_code=1)
+        code = await self._watch(entry)
+        return PilotWorkerResult(identifier=str(flow_run.id), status_code=code)
+
+    # -- dispatch ---------------------------------------------------------------------------
+
+    def _slots(self) -> int:
+        workers = self._cluster.scheduler_info.get("workers", {}) if self._cluster else {}
+        slots = sum(
+            w.get("nthreads", 0) for w in workers.values() if w["name"] not in self._retiring
+        )
+        if self._limit is not None:
+            slots = min(slots, self._limit)
+        return slots
+
+    def _free_slots(self) -> int:
+        return self._slots() - len(self._in_flight)
+
+    async def get_and_submit_flow_runs(self) -> list[FlowRun]:
+        self._last_polled_time = prefect_now("UTC")
+        if not self._has_successfully_synced or self._dask is None:
+            return []
+        free = self._free_slots()
+        if free <= 0:
+            return []
+        runs = await self._fetch(free + self._skipped)
+        self._skipped = 0
+        await self._refresh_limits()
+        claimed_per_type: dict[str, int] = {}
+        chosen: list[FlowRun] = []
+        for run in runs:
+            if len(chosen) >= free:
+                break
+            if run.id in self._in_flight:
+                continue
+            jobtype = limits.jobtype_of(run.tags)
+            if jobtype in self._limits:
+                if jobtype not in claimed_per_type:
+                    claimed_per_type[jobtype] = await limits.active_runs(self.client, jobtype)
+                if claimed_per_type[jobtype] >= self._limits[jobtype]:
+                    self._skipped += 1
+                    continue
+                claimed_per_type[jobtype] += 1
+            chosen.append(run)
+        submitted = await asyncio.gather(*(self._claim_and_submit(run) for run in chosen))
+        return [run for run, entry in zip(chosen, submitted, strict=True) if entry is not None]
+
+    async def _fetch(self, limit: int) -> list[FlowRun]:
+        import datetime
+
+        body: dict[str, Any] = {
+            "limit": limit,
+            "scheduled_before": (
+                datetime.datetime.now(datetime.UTC)
+                + datetime.timedelta(seconds=self._prefetch_seconds)
+            ).isoformat(),
+        }
+        if self._work_queues:
+            body["work_queue_names"] = sorted(self._work_queues)
+        try:
+            response = await self.client.request(
+                "POST",
+                "/work_pools/{name}/get_scheduled_flow_runs",
+                path_params={"name": self._work_pool_name},
+                json=body,
+            )
+        except Exception as exc:  # the server may be busy: try again at the next poll
+            self._logger.warning("could not read scheduled runs: %s", exc)
+            return []
+        return [r.flow_run for r in WorkerFlowRunResponse.model_validate_list(response.json())]
+
+    async def _refresh_limits(self) -> None:
+        if time.monotonic() - self._limits_read < 5:
+            return
+        try:
+            self._limits = await limits.read_limits(self.client)
+        except Exception as exc:
+            self._logger.warning("could not read jobtype limits: %s", exc)
+        self._limits_read = time.monotonic()
+
+    async def _claim_and_submit(self, run: FlowRun) -> InFlight | None:
+        try:
+            state = await propose_state(
+                self.client,
+                Pending(message=f"claimed by pilot worker {self.name}"),
+                flow_run_id=run.id,
+            )
+        except Abort:
+            return None
+        except Exception as exc:
+            self._logger.warning("could not claim flow run %s: %s", run.id, exc)
+            return None
+        if not state.is_pending():
+            return None
+        entry = await self._submit(run)
+        if entry is not None:
+            assert self._runs_task_group is not None
+            self._runs_task_group.start_soon(self._watch, entry)
+        return entry
+
+    async def _entrypoint(self, run: FlowRun) -> str | None:
+        if run.deployment_id is None:
+            return None
+        if run.deployment_id not in self._entrypoints:
+            deployment = await self.client.read_deployment(run.deployment_id)
+            self._entrypoints[run.deployment_id] = deployment.entrypoint or ""
+        return self._entrypoints[run.deployment_id] or None
+
+    async def _submit(self, run: FlowRun) -> InFlight | None:
+        try:
+            entrypoint = await self._entrypoint(run)
+        except ObjectNotFound:
+            entrypoint = None
+        if entrypoint is None:
+            await self._set_state(
+                run.id, Crashed(message="no deployment entrypoint: pilots run deployments only")
+            )
+            return None
+        future = self._dask.submit(
+            execute.run_on_pilot,
+            str(run.id),
+            entrypoint,
+            key=f"p3s-run-{run.id}-{uuid.uuid4().hex[:8]}",
+            pure=False,
+            retries=0,
+            priority=run.priority or 0,
+        )
+        entry = InFlight(run.id, run.name, limits.jobtype_of(run.tags), future)
+        self._in_flight[run.id] = entry
+        if self._cancelling_observer is not None:
+            self._cancelling_observer.add_in_flight_flow_run_id(run.id)
+        return entry
+
+    # -- outcomes ---------------------------------------------------------------------------
+
+    async def _watch(self, entry: InFlight) -> int:
+        """Wait for a run's Dask task and settle its state; returns an exit status."""
+        from distributed import KilledWorker
+
+        try:
+            result = await entry.future
+        except KilledWorker as exc:
+            pilot = getattr(getattr(exc, "last_worker", None), "name", "?")
+            await self._pilot_lost(str(pilot), [entry.run_id])
+            return 1
+        except (asyncio.CancelledError, Exception) as exc:
+            if isinstance(exc, asyncio.CancelledError) and self._scope is not None:
+                if self._scope.cancel_called:
+                    raise
+            await self._reschedule(entry.run_id, f"its pilot task ended: {exc!r}")
+            return 1
+        finally:
+            self._in_flight.pop(entry.run_id, None)
+            if self._cancelling_observer is not None:
+                self._cancelling_observer.remove_in_flight_flow_run_id(entry.run_id)
+        return await self._settle(entry, result)
+
+    async def _settle(self, entry: InFlight, result: dict[str, Any]) -> int:
+        code = result.get("exit_code")
+        pilot = result.get("pilot")
+        if result.get("cancelled"):
+            await self._set_state(
+                entry.run_id, Cancelled(message=f"cancelled: payload stopped on pilot {pilot}")
+            )
+            return 0
+        if code == 0:
+            return 0
+        run = await self.client.read_flow_run(entry.run_id)
+        state = run.state
+        if state is None or state.is_final():
+            return 0 if code == execute.NOT_CLAIMED else code or 1
+        if code == execute.NOT_CLAIMED:
+            # The run is claimed or running but no live execution of this worker has it: an
+            # earlier attempt of this task died with its pilot. Run it again.
+            if state.type in (StateType.PENDING, StateType.RUNNING):
+                await self._reschedule(entry.run_id, f"its execution on pilot {pilot} was lost")
+            return 0
+        if state.type == StateType.CANCELLING:
+            await self._set_state(entry.run_id, Cancelled(message="cancelled on its pilot"))
+            return 0
+        await self._set_state(
+            entry.run_id,
+            Crashed(message=f"the flow-run process on pilot {pilot} exited with code {code}"),
+        )
+        return code or 1
+
+    async def _set_state(self, run_id: UUID, state: Any) -> None:
+        try:
+            await self.client.set_flow_run_state(run_id, state, force=True)
+        except ObjectNotFound:
+            pass
+        except Exception as exc:
+            self._logger.warning("could not set %s on flow run %s: %s", state.name, run_id, exc)
+
+    async def _reschedule(self, run_id: UUID, why: str) -> None:
+        """Put a run whose execution was lost back to Scheduled (unless it has finished)."""
+        try:
+            run = await self.client.read_flow_run(run_id)
+        except ObjectNotFound:
+            return
+        if run.state is not None and run.state.is_final():
+            return
+        if run.state is not None and run.state.type == StateType.CANCELLING:
+            await self._set_state(run_id, Cancelled(message=f"cancelled; {why}"))
+            return
+        await self._set_state(
+            run_id, Scheduled(name="AwaitingRetry", message=f"rescheduled: {why} (pilotTO)")
+        )
+
+    async def _pilot_lost(self, pilot: str, run_ids: list[UUID]) -> None:
+        for run_id in run_ids:
+            await self._reschedule(run_id, f"pilot {pilot} was lost")
+        self._lost_event(pilot, run_ids)
+
+    def _lost_event(self, pilot: str, run_ids: list[UUID]) -> None:
+        emit_event(
+            event="p3s.pilot.lost",
+            resource={
+                "prefect.resource.id": f"p3s.pilot.{self._work_pool_name}.{pilot}",
+                "prefect.resource.name": str(pilot),
+                "p3s.pool": self._work_pool_name,
+            },
+            payload={
+                "pilot": str(pilot),
+                "runs": [str(r) for r in run_ids],
+                "reason": "pilot lost (pilotTO): batch job killed, evicted or at its walltime",
+            },
+        )
+
+    # -- cancellation -----------------------------------------------------------------------
+
+    async def _cancel_run(self, flow_run_id: UUID) -> None:
+        """Stop a cancelled run's payload on whichever pilot runs it."""
+        entry = self._in_flight.get(flow_run_id)
+        if entry is None:
+            await super()._cancel_run(flow_run_id)
+            return
+        found = await self._dask.run(
+            execute.cancel_local, str(flow_run_id), CANCEL_GRACE_S, on_error="return"
+        )
+        if not any(v is True for v in found.values()):
+            # Not started on a pilot yet: drop the task; its child would refuse it anyway.
+            with contextlib.suppress(Exception):
+                await entry.future.cancel()
+            await self._set_state(flow_run_id, Cancelled(message="cancelled before it started"))
+
+    # -- scaling and counts -----------------------------------------------------------------
+
+    async def _scale_loop(self) -> None:
+        assert self._scope is not None
+        with self._scope:
+            while True:
+                try:
+                    await self._scale_once()
+                except Exception as exc:
+                    self._logger.warning("pilot scaling failed: %s", exc, exc_info=True)
+                await anyio.sleep(self.settings.pilots.scale_seconds)
+
+    async def _count_backlog(self) -> int:
+        import datetime
+
+        now = datetime.datetime.now(datetime.UTC)
+        return await self.client.count_flow_runs(
+            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[self._work_pool_name])),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])),
+                next_scheduled_start_time=FlowRunFilterNextScheduledStartTime(before_=now),
+            ),
+        )
+
+    async def _scale_once(self) -> None:
+        pool = self.pilot_pool
+        assert pool is not None
+        self._backlog = await self._count_backlog()
+        workers = dict(self._cluster.scheduler_info.get("workers", {}))
+        connected = {str(w["name"]): addr for addr, w in workers.items()}
+        processing = await self._dask.processing()
+        busy = {str(workers[a]["name"]) for a, keys in processing.items() if keys and a in workers}
+        held = [str(n) for n in self._cluster.worker_spec]
+        now = time.monotonic()
+
+        # Pilots that were connected and vanished without being retired: lost.
+        for name in sorted(self._seen - set(connected)):
+            self._seen.discard(name)
+            if name in self._retiring:
+                continue
+            self._lost += 1
+            self._logger.warning("pilot %s lost", name)
+            self._lost_event(name, [])
+        self._seen |= set(connected)
+        self._retiring &= set(held)
+        for name in list(self._idle_since):
+            if name not in connected or name in busy:
+                del self._idle_since[name]
+        for name in connected:
+            if name not in busy:
+                self._idle_since.setdefault(name, now)
+
+        starting = tuple(n for n in held if n not in connected)
+        decision = scaling.decide(
+            backlog=self._backlog,
+            in_flight=len(self._in_flight),
+            slots_per_pilot=pool.slots_per_pilot,
+            min_pilots=pool.min_pilots,
+            max_pilots=pool.max_pilots,
+            held=len(held),
+            idle_for={n: now - t for n, t in self._idle_since.items() if n in connected},
+            starting=starting,
+            idle_seconds=pool.idle_seconds,
+        )
+        if decision.changes:
+            self._apply(decision)
+            emit_event(
+                event="p3s.pilots.scaled",
+                resource={
+                    "prefect.resource.id": f"p3s.pilot-pool.{self._work_pool_name}",
+                    "prefect.resource.name": self._work_pool_name,
+                    "p3s.cluster": pool.cluster,
+                },
+                payload={
+                    "message": decision.message,
+                    "required": decision.required,
+                    "running": decision.running,
+                    "submitting": decision.submit,
+                    "retiring": list(decision.retire),
+                    "backlog": decision.backlog,
+                    "in_flight": decision.in_flight,
+                },
+            )
+            self._logger.info("pilots: %s", decision.message)
+        elif set(held) - set(self._cluster.workers):
+            # A lost batch job is forgotten by the cluster: submit its replacement.
+            self._cluster.scale(len(self._cluster.worker_spec))
+
+        states = {
+            n: ("running" if n in busy else "idle" if n in connected else "starting")
+            for n in (str(x) for x in self._cluster.worker_spec)
+        }
+        counts = PilotCounts(
+            pool=self._work_pool_name,
+            cluster=pool.cluster,
+            total=len(states),
+            starting=sum(v == "starting" for v in states.values()),
+            idle=sum(v == "idle" for v in states.values()),
+            running=sum(v == "running" for v in states.values()),
+            stopped=self._stopped,
+            lost=self._lost,
+            runs_in_flight=len(self._in_flight),
+            backlog=self._backlog,
+            pilots=states,
+        )
+        if not counts.same_counts(self._last_counts):
+            await publish(self.settings, counts)
+            self._last_counts = counts
+
+    def _apply(self, decision: scaling.ScaleDecision) -> None:
+        spec = self._cluster.worker_spec
+        for name in decision.retire:
+            key = next((k for k in spec if str(k) == name), None)
+            if key is not None:
+                del spec[key]
+                self._retiring.add(name)
+                self._stopped += 1
+                self._idle_since.pop(name, None)
+        self._cluster.scale(len(spec) + decision.submit)
+
+
+class WarmUp(WorkerPlugin):
+    """Dask worker plugin: start the pilot's fork server as soon as the pilot joins."""
+
+    name = "p3s-warm-up"
+
+    def setup(self, worker: Any) -> None:
+        import threading
+
+        threading.Thread(target=execute.warm_up, name="p3s-warm-up", daemon=True).start()
