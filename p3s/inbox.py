@@ -259,7 +259,11 @@ class InboxScanner:
         if seen is None or (seen.size, seen.mtime) != (entry.size, entry.mtime):
             self._seen[entry.name] = seen = _Seen(entry.size, entry.mtime, now)
             # First sight: complete only if its mtime says it has not changed for long enough.
-            return entry.mtime is not None and self.wall() - entry.mtime >= self.settle_seconds
+            if entry.mtime is None:
+                return False
+            # Whole-second mtimes (XRootD) may be up to 1 s older than the last write.
+            resolution = 1.0 if float(entry.mtime).is_integer() else 0.0
+            return self.wall() - entry.mtime - resolution >= self.settle_seconds
         return now - seen.since >= self.settle_seconds
 
     def _claim(self, entry: Entry, report: ScanReport) -> bool:

@@ -165,7 +165,8 @@ class Area:
     def read_text(self, name: str) -> str | None:
         fs, path = self.fs()
         try:
-            return fs.cat_file(path + "/" + check_name(name)).decode("utf-8", "replace")
+            with fs.open(path + "/" + check_name(name), "rb") as handle:
+                return handle.read().decode("utf-8", "replace")
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -179,7 +180,8 @@ class Area:
         fs.makedirs(path, exist_ok=True)
         final = path + "/" + check_name(name)
         temp = f"{path}/.{name}.tmp-{uuid.uuid4().hex[:8]}"
-        fs.pipe_file(temp, text.encode())
+        with fs.open(temp, "wb") as handle:  # XRootD has no pipe_file
+            handle.write(text.encode())
         if self.local:
             os.replace(temp, final)
         else:
