@@ -15,6 +15,7 @@ from p3s.settings import get_settings
 from . import inbox as inbox_commands
 from . import job as job_commands
 from . import system as system_commands
+from . import workflow as workflow_commands
 from .demo import demo
 from .simulate import register as register_simulate
 
@@ -36,6 +37,7 @@ system_commands.register(app)
 app.command()(demo)
 app.add_typer(job_commands.app, name="job")
 app.add_typer(inbox_commands.app, name="inbox")
+app.add_typer(workflow_commands.app, name="workflow")
 
 register_simulate(app)
 

@@ -194,5 +194,6 @@ def test_packaged_dqm_chain_is_valid():
         datatypes=get_settings().workflow.datatypes,
     )
     graph = template.graph()
-    assert set(graph.successors("dataprep")) == {"evdisplay", "tpc_monitor"}
-    assert set(graph.predecessors("summary")) == {"evdisplay", "tpc_monitor"}
+    assert set(graph.successors("dataprep")) == {"evdisplay", "tpc_monitor", "summary"}
+    assert set(graph.predecessors("summary")) == {"dataprep", "evdisplay", "tpc_monitor"}
+    assert list(graph.successors("summary")) == ["done"]
