@@ -1,0 +1,247 @@
+"""The DQM flows as deployments on a real Prefect server, run by the stack's worker.
+
+One small simulated file (reduced geometry, 2 events) goes through all four deployments, as
+``prefect deployment run`` would start them, and the stack's worker runs them. Four damaged
+files (corrupt ADC bytes, truncated, wrong version, not HDF5) each run one DQM flow in the test
+process meanwhile, as flow runs of the same server (a worker process per run would add
+seconds each and show nothing more).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import pytest
+from p3s.payloads.rawformat import Geometry, raw_filename
+from p3s.payloads.simulate import simulate_file
+
+from p3s import storage
+from p3s.catalog import Catalog
+from p3s.datatypes import DQM_DEPLOYMENTS
+from tests.conftest import Stack, wait_for_runs
+
+pytestmark = pytest.mark.integration
+PAYLOADS = list(DQM_DEPLOYMENTS)
+GOOD = raw_filename(42, 7)
+
+
+def _simulate(path: Path, run: int, subrun: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    simulate_file(
+        path,
+        run=run,
+        subrun=subrun,
+        n_events=2,
+        n_ticks=1500,
+        seed=run,
+        geometry=Geometry.reduced(n_apas=1, fibers_per_apa=2),
+    )
+    return path
+
+
+def _damaged_files(folder: Path) -> dict[str, tuple[Path, str, str]]:
+    """name -> (path, deployment, expected words of the fault)."""
+    corrupt = _simulate(folder / raw_filename(43, 1), 43, 1)
+    with h5py.File(corrupt) as h5:
+        info = h5["events/000001/adc"].id.get_chunk_info(1)
+    with corrupt.open("r+b") as handle:
+        handle.seek(info.byte_offset + info.size // 2)
+        handle.write(b"\xa5" * 16)
+    truncated = _simulate(folder / raw_filename(44, 1), 44, 1)
+    data = truncated.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    version = _simulate(folder / raw_filename(45, 1), 45, 1)
+    with h5py.File(version, "r+") as h5:
+        h5.attrs["format_version"] = 2
+    not_hdf5 = folder / raw_filename(46, 1)
+    not_hdf5.write_text("run,subrun\n46,1\n" * 100)
+    return {
+        corrupt.name: (corrupt, "dqm-tpc-monitor/inbox", "/events/000001/adc"),
+        truncated.name: (truncated, "dqm-beam/inbox", "truncated or corrupt"),
+        version.name: (version, "dqm-beam/inbox", "format_version 2 is not supported"),
+        not_hdf5.name: (not_hdf5, "dqm-beam/inbox", "not an HDF5 file"),
+    }
+
+
+@dataclass
+class Outcome:
+    stack: Stack
+    runs: dict[tuple[str, str], Any]  # (deployment, file name) -> FlowRun
+    damaged: dict[str, tuple[Path, str, str]]
+    good_url: str
+
+
+async def _create_runs(requests: list[tuple[str, dict[str, Any]]]) -> list[Any]:
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        runs = []
+        for deployment, parameters in requests:
+            found = await client.read_deployment_by_name(deployment)
+            runs.append(
+                await client.create_flow_run_from_deployment(found.id, parameters=parameters)
+            )
+        return runs
+
+
+def _run_in_process(deployment: str, file_url: str) -> Any:
+    """Run a DQM flow in this process as a flow run of the stack's server; return the run."""
+    from p3s.flows.dqm import DQM_FLOWS
+    from prefect.client.orchestration import get_client
+
+    payload = deployment.split("/")[0].removeprefix("dqm-").replace("-", "_")
+    state = DQM_FLOWS[payload](file_url=file_url, return_state=True)
+
+    async def read() -> Any:
+        async with get_client() as client:
+            return await client.read_flow_run(state.state_details.flow_run_id)
+
+    return asyncio.run(read())
+
+
+@pytest.fixture(scope="module")
+def outcome(stack: Stack) -> Iterator[Outcome]:
+    """The good file through the four deployments (the worker runs them) while the damaged
+    files run in this process, each as a flow run of the same server."""
+    from p3s.settings import get_settings
+
+    get_settings.cache_clear()  # this process now works for the stack: read its settings
+    folder = stack.settings.data / "dqm-test"
+    good = _simulate(folder / GOOD, 42, 7)
+    damaged = _damaged_files(folder)
+    good_url = storage.url_for(good)
+    requests = [(DQM_DEPLOYMENTS[p], {"file_url": good_url, "n_events": 2}) for p in PAYLOADS]
+    created = asyncio.run(_create_runs(requests))
+    runs = {(deployment, GOOD): run for (deployment, _), run in zip(requests, created, strict=True)}
+    for name, (path, deployment, _) in damaged.items():
+        runs[(deployment, name)] = _run_in_process(deployment, storage.url_for(path))
+    finished = asyncio.run(wait_for_runs([r.id for r in runs.values()], timeout_s=300))
+    try:
+        yield Outcome(stack, dict(zip(runs, finished, strict=True)), damaged, good_url)
+    finally:
+        get_settings.cache_clear()
+
+
+def test_each_payload_completes_and_writes_its_products_to_the_outbox(outcome: Outcome) -> None:
+    outbox = outcome.stack.settings.data / "outbox" / "run000042" / "0007"
+    for payload in PAYLOADS:
+        run = outcome.runs[(DQM_DEPLOYMENTS[payload], GOOD)]
+        assert run.state.type.value == "COMPLETED", (payload, run.state.message)
+        assert run.run_count == 1
+        folder = outbox / payload
+        summary = json.loads((folder / "summary.json").read_text())
+        assert summary["run"] == 42 and summary["subrun"] == 7
+        assert sorted(p.name for p in folder.iterdir()) == sorted(
+            [*summary["products"], "summary.json"]
+        ), "every product, and no temporary, is in the outbox"
+        assert any(name.endswith(".root") for name in summary["products"]) or payload == "beam"
+
+
+def test_catalog_has_the_file_results_purity_channels_and_products(outcome: Outcome) -> None:
+    catalog = Catalog(outcome.stack.settings.catalog)
+    try:
+        assert catalog.payload_outcomes(GOOD) == dict.fromkeys(PAYLOADS, "completed")
+        purity = catalog.purity(run=42)
+        assert [row["tpc"] for row in purity] == [1]
+        assert purity[0]["count"] > 0 and 0.5 < purity[0]["lifetime_ms"] < 20
+        channels = catalog.channels(42)
+        assert [(c["apa"], c["plane"]) for c in channels] == [(0, "U"), (0, "V"), (0, "X")]
+        assert sum(c["n_channels"] for c in channels) == 256
+        products = catalog.products(42)
+        assert {p["payload"] for p in products} == set(PAYLOADS)
+        for product in products:
+            local = Path(product["url"].removeprefix("file://"))
+            assert local.stat().st_size == product["size"]
+            assert storage.adler32(local) == product["adler32"]
+        results = {r["payload"]: r for r in catalog.results(GOOD)}
+        for payload in PAYLOADS:
+            run = outcome.runs[(DQM_DEPLOYMENTS[payload], GOOD)]
+            assert results[payload]["flow_run_id"] == str(run.id)
+    finally:
+        catalog.dispose()
+
+
+def test_runs_publish_a_summary_and_the_purity_table(outcome: Outcome) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    async def artifacts(run_id: Any) -> list[Any]:
+        async with get_client() as client:
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
+            )
+
+    for payload in PAYLOADS:
+        run = outcome.runs[(DQM_DEPLOYMENTS[payload], GOOD)]
+        found = {a.key: a for a in asyncio.run(artifacts(run.id))}
+        key = f"{payload.replace('_', '-')}-summary-run000042-0007"
+        assert key in found, (payload, list(found))
+        assert found[key].type == "markdown"
+        assert "run 42 subrun 7" in str(found[key].data)
+    purity_run = outcome.runs[(DQM_DEPLOYMENTS["purity"], GOOD)]
+    table = {a.key: a for a in asyncio.run(artifacts(purity_run.id))}["purity-table-run000042-0007"]
+    assert table.type == "table"
+    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+    assert rows[0]["run"] == 42 and rows[0]["tpc"] == 1 and rows[0]["count"] > 0
+
+
+def _finished_events(file_name: str, expected: int) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+    async def read() -> list[Any]:
+        async with get_client() as client:
+            page = await client.read_events(
+                filter=EventFilter(
+                    event=EventNameFilter(name=["p3s.dqm.finished"]),
+                    resource=EventResourceFilter(id=[f"p3s.dqm.{p}.{file_name}" for p in PAYLOADS]),
+                ),
+                limit=50,
+            )
+        return [e for e in page.events if e.resource.get("p3s.file.name") == file_name]
+
+    deadline = time.monotonic() + 20
+    while True:  # events are written in batches, shortly after they are sent
+        events = asyncio.run(read())
+        if len(events) >= expected or time.monotonic() > deadline:
+            return events
+        time.sleep(0.5)
+
+
+def test_each_finished_run_emits_p3s_dqm_finished(outcome: Outcome) -> None:
+    events = _finished_events(GOOD, len(PAYLOADS))
+    by_payload = {e.resource["p3s.payload"]: e for e in events}
+    assert sorted(by_payload) == sorted(PAYLOADS)
+    for payload, event in by_payload.items():
+        assert event.resource.id == f"p3s.dqm.{payload}.{GOOD}"
+        assert event.resource["p3s.outcome"] == "completed"
+        assert event.resource["p3s.file.url"] == outcome.good_url
+        assert event.resource["p3s.outbox.url"].endswith(f"/run000042/0007/{payload}")
+        assert event.payload["run"] == 42 and event.payload["subrun"] == 7
+
+
+def test_damaged_files_fail_once_naming_the_fault_and_stay_in_place(outcome: Outcome) -> None:
+    catalog = Catalog(outcome.stack.settings.catalog)
+    try:
+        for name, (path, deployment, fault) in outcome.damaged.items():
+            run = outcome.runs[(deployment, name)]
+            assert run.state.type.value == "FAILED", (name, run.state.message)
+            assert run.state.name == "Corrupt"
+            assert run.run_count == 1, f"{name} was retried"
+            assert name in run.state.message and fault in run.state.message
+            assert path.exists(), "the flow does not move or delete its input"
+            payload = deployment.split("/")[0].removeprefix("dqm-").replace("-", "_")
+            assert catalog.payload_outcomes(name) == {payload: "corrupt"}
+            (event,) = _finished_events(name, 1)
+            assert event.resource["p3s.outcome"] == "corrupt"
+            assert fault in event.payload["reason"]
+            assert "p3s.outbox.url" not in event.resource
+    finally:
+        catalog.dispose()
