@@ -35,6 +35,10 @@ def default_base_job_template(pool_type: str) -> dict[str, Any]:
 
     if pool_type == "process":
         return ProcessWorker.get_default_base_job_template()
+    if pool_type == "p3s-pilot":
+        from p3s.pilots.worker import PilotWorker
+
+        return PilotWorker.get_default_base_job_template()
     raise ValueError(f"no base job template known for work pool type {pool_type!r}")
 
 

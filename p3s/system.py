@@ -179,6 +179,63 @@ def start_inbox_watcher(settings: Settings, report: Report) -> None:
     )
 
 
+def pilot_worker_process(settings: Settings) -> ManagedProcess:
+    """The ``p3s-pilot`` worker of the pilots' pool (SIGINT asks it to stop, like any worker)."""
+    name = f"pilots-{settings.pilots.pool_name}"
+    return ManagedProcess(name, settings.run_dir, stop_signal=signal.SIGINT)
+
+
+def setup_pilot_pool(settings: Settings, report: Report) -> None:
+    """Create the pilots' work pool (type ``p3s-pilot``) and its deployments."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from p3s.deployments.pilot_pool import ensure_pilot_deployments, ensure_pilot_pool
+
+    async def _ensure() -> tuple[list[str], list[str]]:
+        async with get_client() as client:
+            changes = await ensure_pilot_pool(client, settings.pilots.pool_name)
+            return changes, await ensure_pilot_deployments(client, settings.pilots.pool_name)
+
+    with temporary_settings(updates={PREFECT_API_URL: settings.api_url}):
+        changes, deployments = asyncio.run(_ensure())
+    report(
+        f"pilot pool {settings.pilots.pool_name!r}: "
+        + ("; ".join(changes) or "up to date")
+        + f"; deployments {', '.join(deployments)}"
+    )
+
+
+def start_pilot_worker(
+    settings: Settings, report: Report, extra_env: dict[str, str] | None = None
+) -> None:
+    """Start the ``p3s-pilot`` worker, which holds the pilots' Dask cluster."""
+    proc = pilot_worker_process(settings)
+    argv = [
+        prefect_cli(),
+        "worker",
+        "start",
+        "--pool",
+        settings.pilots.pool_name,
+        "--type",
+        "p3s-pilot",
+        "--name",
+        f"p3s-pilots-{socket.gethostname()}",
+    ]
+    env = {
+        **client_environment(settings),
+        "PREFECT_WORKER_QUERY_SECONDS": str(settings.pilots.query_seconds),
+        "PREFECT_WORKER_PREFETCH_SECONDS": "0",
+        **(extra_env or {}),
+    }
+    process, new = proc.start(argv, _env(env), cwd=settings.home)
+    report(
+        f"pilot worker {'started' if new else 'already running'} (pid {process.pid}) on pool "
+        f"{settings.pilots.pool_name!r}: {settings.pilots.cluster} pilots, "
+        f"{settings.pilots.min_pilots}..{settings.pilots.max_pilots}"
+    )
+
+
 def up(settings: Settings, report: Report) -> None:
     """Bring the whole embedded system up, step by step."""
     for folder in (settings.home, settings.run_dir, settings.job_logs, settings.data):
@@ -201,6 +258,10 @@ def managed(settings: Settings) -> list[ManagedProcess]:
     """Everything ``up`` may have started, in the order ``down`` stops it."""
     found = sorted(settings.run_dir.glob("worker-*.json")) if settings.run_dir.exists() else []
     workers = [worker_process(settings, int(p.stem.split("-")[1])) for p in found]
+    pilot_workers = (
+        sorted(settings.run_dir.glob("pilots-*.json")) if settings.run_dir.exists() else []
+    )
+    workers += [ManagedProcess(p.stem, settings.run_dir, signal.SIGINT) for p in pilot_workers]
     return [inbox_watcher_process(settings), *workers, server_process(settings)]
 
 

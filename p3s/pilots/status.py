@@ -1,7 +1,7 @@
 """Pilot counts for the dashboard (p3s's pilot table): total, starting, idle, running, stopped,
 lost; published by the pilot worker, read by ``p3s pilots`` and the content app.
 
-The worker writes ``RUN_DIR/pilots-<pool>.json`` (atomically) whenever a count changes, and
+The worker writes ``RUN_DIR/pilot-counts-<pool>.json`` (atomically) whenever a count changes, and
 the same record into the Prefect variable ``p3s-pilots-<pool>`` so that a content app on
 another host can read it through the API. ``total`` counts the pilots held now (starting +
 idle + running); ``stopped`` (retired when idle) and ``lost`` (killed, evicted, at walltime:
@@ -53,7 +53,7 @@ class PilotCounts:
 
 
 def status_file(settings: Settings, pool: str) -> Path:
-    return settings.run_dir / f"pilots-{pool}.json"
+    return settings.run_dir / f"pilot-counts-{pool}.json"
 
 
 def variable_name(pool: str) -> str:

@@ -281,7 +281,12 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
             return None
         if not state.is_pending():
             return None
-        entry = await self._submit(run)
+        try:
+            entry = await self._submit(run)
+        except Exception as exc:
+            self._logger.exception("could not hand flow run %s to a pilot", run.id)
+            await self._reschedule(run.id, f"it could not be handed to a pilot: {exc!r}")
+            return None
         if entry is not None:
             assert self._runs_task_group is not None
             self._runs_task_group.start_soon(self._watch, entry)
@@ -312,7 +317,6 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
             key=f"p3s-run-{run.id}-{uuid.uuid4().hex[:8]}",
             pure=False,
             retries=0,
-            priority=run.priority or 0,
         )
         entry = InFlight(run.id, run.name, limits.jobtype_of(run.tags), future)
         self._in_flight[run.id] = entry
@@ -333,9 +337,9 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
             await self._pilot_lost(str(pilot), [entry.run_id])
             return 1
         except (asyncio.CancelledError, Exception) as exc:
-            if isinstance(exc, asyncio.CancelledError) and self._scope is not None:
-                if self._scope.cancel_called:
-                    raise
+            stopping = self._scope is not None and self._scope.cancel_called
+            if isinstance(exc, asyncio.CancelledError) and stopping:
+                raise
             await self._reschedule(entry.run_id, f"its pilot task ended: {exc!r}")
             return 1
         finally:

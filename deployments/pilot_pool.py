@@ -1,0 +1,66 @@
+"""The pilots' work pool (type ``p3s-pilot``) and the deployments that run on it.
+
+The pool gets the same priority queues as the p3s pool (priority-10 served first). Each flow
+that should run on pilots gets a deployment ``<flow name>/pilots`` on the pool, with the same
+entrypoint as its ``prefect.yaml`` deployment: ``p3s job submit --deployment p3s-job/pilots``
+(or ``prefect deployment run``) then sends runs to the pilots.
+"""
+
+from __future__ import annotations
+
+from p3s.deployments.work_pool import ensure_work_pool
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.actions import DeploymentUpdate
+
+from p3s.settings import PROJECT_DIR
+
+PILOT_POOL_TYPE = "p3s-pilot"
+#: Deployments put on the pilot pool: name, flow entrypoint (relative to the project).
+PILOT_DEPLOYMENTS = {"pilots": ["flows/job.py:p3s_job"]}
+
+
+async def ensure_pilot_pool(
+    client: PrefectClient, name: str, *, concurrency: int | None = None
+) -> list[str]:
+    """Create or update the pilot pool and its queues; returns what changed."""
+    return await ensure_work_pool(client, name, pool_type=PILOT_POOL_TYPE, concurrency=concurrency)
+
+
+async def ensure_pilot_deployment(
+    client: PrefectClient, pool: str, entrypoint: str, name: str = "pilots"
+) -> str:
+    """Create (or update) the deployment ``<flow>/<name>`` of ``entrypoint`` on ``pool``;
+    returns its full name."""
+    from prefect.utilities.callables import parameter_schema
+
+    from p3s.pilots.execute import load_entrypoint
+
+    flow = load_entrypoint(entrypoint)
+    flow_id = await client.create_flow_from_name(flow.name)
+    schema = parameter_schema(flow).model_dump()
+    pull = [{"prefect.deployments.steps.set_working_directory": {"directory": str(PROJECT_DIR)}}]
+    deployment_id = await client.create_deployment(
+        flow_id=flow_id,
+        name=name,
+        work_pool_name=pool,
+        work_queue_name="default",
+        entrypoint=entrypoint,
+        path=str(PROJECT_DIR),
+        parameter_openapi_schema=schema,
+        pull_steps=pull,
+        tags=["p3s", "pilots"],
+        description=f"{flow.name} on the pilots of work pool {pool}",
+    )
+    await client.update_deployment(
+        deployment_id, DeploymentUpdate(work_pool_name=pool, entrypoint=entrypoint)
+    )
+    return f"{flow.name}/{name}"
+
+
+async def ensure_pilot_deployments(client: PrefectClient, pool: str) -> list[str]:
+    """Every deployment of :data:`PILOT_DEPLOYMENTS` on ``pool``; returns their names."""
+    names = []
+    for name, entrypoints in PILOT_DEPLOYMENTS.items():
+        for entrypoint in entrypoints:
+            names.append(await ensure_pilot_deployment(client, pool, entrypoint, name))
+    return names
