@@ -510,14 +510,14 @@ class Catalog:
         """Output products of ``run`` (optionally of one payload) with sizes and checksums."""
         with self.session() as session:
             query = (
-                select(Product, File.name)
+                select(Product, File.name, File.subrun)
                 .join(File, File.id == Product.file_id)
                 .where(Product.run == run)
             )
             if payload is not None:
                 query = query.where(Product.payload == payload)
             rows = session.execute(query.order_by(File.subrun, Product.payload, Product.name)).all()
-        return [{**_row(p), "file": name} for p, name in rows]
+        return [{**_row(p), "file": name, "subrun": subrun} for p, name, subrun in rows]
 
 
 @lru_cache(maxsize=8)
