@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the system and its tests use. Later capabilities (XRootD, Slurm, Chromium)
 # add theirs here.
-APT_PACKAGES=(python3-venv procps xrootd-server xrootd-client)
+APT_PACKAGES=(python3-venv procps xrootd-server xrootd-client slurm-wlm munge)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -34,3 +34,5 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! .venv/bin/python -
   echo "$want" > "$stamp"
 fi
 echo "==> installed: $(.venv/bin/p3s --help >/dev/null && echo 'p3s command ready')"
+# A single-node Slurm (munged, slurmctld, slurmd) for the pilots and their tests.
+./scripts/slurm.sh
