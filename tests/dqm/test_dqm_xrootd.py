@@ -1,0 +1,101 @@
+"""A DQM flow reading its raw file from XRootD and writing its products back to XRootD, while
+the XRootD server is restarted during the stage-in: the stage-in task is retried and the run
+completes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from p3s.payloads.rawformat import Geometry, raw_filename
+from p3s.payloads.simulate import simulate_file
+
+from p3s import storage
+from p3s.catalog import Catalog
+from tests.conftest import Stack
+from tests.xrootd_server import XRootDServer
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def eos_settings(xrootd_server: XRootDServer) -> Iterator[None]:
+    """This process's settings with the outbox on XRootD and five tries per transfer."""
+    from p3s.settings import get_settings
+
+    saved = dict(os.environ)
+    os.environ["P3S_STORAGE__OUTBOX_URL"] = xrootd_server.url("outbox")
+    os.environ["P3S_STORAGE__ATTEMPTS"] = "5"
+    get_settings.cache_clear()
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        get_settings.cache_clear()
+
+
+async def _task_runs(flow_run_id: Any) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    async with get_client() as client:
+        return await client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+
+
+def test_restart_during_stage_in_is_retried_and_products_land_on_xrootd(
+    stack: Stack, xrootd_server: XRootDServer, eos_settings: None, tmp_path: Path
+) -> None:
+    from p3s.flows.dqm import dqm_beam
+
+    name = raw_filename(51, 2)
+    local = xrootd_server.local(f"claimed/{name}")
+    local.parent.mkdir(parents=True, exist_ok=True)
+    simulate_file(
+        local, run=51, subrun=2, n_events=2, n_ticks=1000, seed=51,
+        geometry=Geometry.reduced(n_apas=1, fibers_per_apa=1),
+    )  # fmt: skip
+    xrootd_server.chown(local.parent)
+    assert xrootd_server.process is not None
+    os.kill(xrootd_server.process.pid, signal.SIGSTOP)  # the stage-in starts on a hung server
+
+    def restart_soon() -> None:
+        time.sleep(1.0)
+        xrootd_server.restart(down_s=1.5)
+
+    restarter = threading.Thread(target=restart_soon)
+    restarter.start()
+    try:
+        state = dqm_beam(file_url=xrootd_server.url(f"claimed/{name}"), return_state=True)
+    finally:
+        restarter.join()
+    assert state.is_completed(), state.message
+
+    stage_in = [
+        t
+        for t in asyncio.run(_task_runs(state.state_details.flow_run_id))
+        if t.name.startswith("stage-in")
+    ]
+    assert len(stage_in) == 1 and stage_in[0].run_count >= 2, "the stage-in was retried"
+
+    outbox = xrootd_server.url("outbox/run000051/0002/beam")
+    names = {entry["name"] for entry in storage.listdir(outbox)}
+    assert "summary.json" in names and "particles.csv" in names
+    catalog = Catalog(stack.settings.catalog)
+    try:
+        products = {p["name"]: p for p in catalog.products(51)}
+        assert products["summary.json"]["url"] == f"{outbox}/summary.json"
+        assert (
+            storage.remote_checksum(f"{outbox}/summary.json") == products["summary.json"]["adler32"]
+        )
+    finally:
+        catalog.dispose()
