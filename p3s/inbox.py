@@ -40,6 +40,8 @@ from p3s.storage import StorageError
 log = logging.getLogger(__name__)
 
 EVENT = "p3s.file.arrived"
+#: How often ``watch`` settles claimed files whose life-cycle triggers were missed (s).
+SWEEP_SECONDS = 60.0
 #: Namespace of the announcement event ids (uuid5 of the claim).
 EVENT_NAMESPACE = uuid.UUID("6c1b0d8e-4d0c-4e55-9f7e-0b5c2f3a9e11")
 
@@ -343,13 +345,20 @@ def watch(
 
     Storage errors are reported and retried on the next pass; they never end the watch.
     """
+    from p3s.lifecycle import sweep
+
     scanner = InboxScanner.from_settings(settings, emit)
     first = True
+    next_sweep = time.monotonic() + SWEEP_SECONDS
     while not stop():
         try:
             result = scanner.scan(first_pass=first)
             first = False
             report(result)
+            if time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + SWEEP_SECONDS
+                for settled in sweep(settings):
+                    log.info("life cycle (sweep): %s", settled)
         except (OSError, StorageError, UnsafeName) as exc:
             log.error("inbox scan failed (retrying): %s", exc)
         time.sleep(settings.inbox.poll_seconds)

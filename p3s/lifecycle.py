@@ -441,3 +441,23 @@ def _datatype_of(name: str, datatypes: list[DataType]) -> DataType:
         if datatype.name == identity.datatype:
             return datatype
     raise AssertionError("classify() returned a data type that is not configured")
+
+
+def sweep(settings: Settings) -> list[Settled]:
+    """Settle every claimed file whose DQM flows have all reported (catalog or records).
+
+    Catches files whose life-cycle triggers were missed (the lifecycle deployment was not
+    deployed yet, an automation failed); ``p3s inbox watch`` runs it every minute.
+    Returns the files it moved.
+    """
+    layout = Layout.of(settings)
+    moved = []
+    for entry in layout.claimed.entries():
+        if entry.kind != "file" or name_fault(entry.name) is not None:
+            continue
+        if classify(entry.name, settings.inbox.datatypes) is None:
+            continue
+        result = settle(settings, entry.name)
+        if result.action in ("used", "quarantine"):
+            moved.append(result)
+    return moved

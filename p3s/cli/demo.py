@@ -1,4 +1,4 @@
-"""``p3s demo``: simulate a run and send it through every DQM payload as p3s jobs."""
+"""``p3s demo``: a simulated run dropped into the inbox, through every DQM flow by triggers."""
 
 from __future__ import annotations
 
@@ -18,31 +18,43 @@ def demo(
     run: Annotated[int, typer.Option(min=0, help="Run number of the simulated file.")] = 1,
     events: Annotated[int, typer.Option(min=1, help="Events in the simulated file.")] = 3,
     seed: Annotated[int, typer.Option(help="Simulator seed.")] = 1,
-    wait: Annotated[bool, typer.Option(help="Wait for the jobs and show their results.")] = True,
+    wait: Annotated[bool, typer.Option(help="Wait for the DQM flow runs and show them.")] = True,
+    timeout: Annotated[float, typer.Option(help="Most seconds to wait for the runs.")] = 1800,
 ) -> None:
-    """Simulate a raw file and run every DQM payload on it as p3s jobs on the work pool."""
-    from p3s.demo import dqm_jobs, simulate_run
-    from p3s.job_client import submit_jobs, wait_for_jobs
-    from p3s.states import p3s_state
+    """Drop a simulated raw file into the inbox; the inbox watcher claims it and event
+    triggers start the four DQM flows; show their states and product folders."""
+    from p3s.datatypes import classify
+    from p3s.demo import drop_into_inbox, wait_for_dqm_runs, wait_until_settled
+    from p3s.lifecycle import Layout
 
     settings = get_settings()
+    layout = Layout.of(settings)
+    layout.ensure()
     with console.status("simulating a run…"):
-        raw = simulate_run(settings, run, events, seed)
-    console.print(f"[green]✓[/green] simulated {raw}")
-    outbox = settings.data / "outbox"
-    jobs = dqm_jobs(raw, outbox, events)
-    runs = asyncio.run(submit_jobs(jobs))
-    console.print(f"[green]✓[/green] submitted {len(runs)} DQM jobs")
+        name = drop_into_inbox(settings, run, events, seed)
+    console.print(f"[green]✓[/green] dropped {layout.inbox.child(name)}")
+    identity = classify(name, settings.inbox.datatypes)
+    assert identity is not None, "the simulator writes np04-raw names"
+    feeds = next(d.feeds for d in settings.inbox.datatypes if d.name == identity.datatype)
     if not wait:
         return
-    with console.status("waiting for the DQM jobs (the Prefect UI shows them live)…"):
-        finished = asyncio.run(wait_for_jobs([r.id for r in runs], timeout_s=1800))
-    table = Table("payload", "p3s state")
-    table.add_column("job id (p3s job show ID)", no_wrap=True)
-    for done in finished:
-        payload = done.name.split(":")[1]
-        table.add_row(payload, p3s_state(done.state), str(done.id))
+    with console.status(
+        "waiting for the inbox watcher (p3s up started it) and the DQM flow runs its event "
+        "triggers (the Prefect UI shows them live)…"
+    ):
+        runs = asyncio.run(wait_for_dqm_runs(name, feeds, timeout_s=timeout))
+    table = Table("payload", "state", "products")
+    table.add_column("flow run id", no_wrap=True)
+    outbox = settings.outbox.rstrip("/")
+    for payload, flow_run in runs.items():
+        state = flow_run.state.name if flow_run.state else "?"
+        folder = f"{outbox}/run{identity.run:06d}/{identity.subrun:04d}/{payload}"
+        table.add_row(payload, state, folder if state == "Completed" else "-", str(flow_run.id))
     console.print(table)
-    console.print(f"DQM products: {outbox}/run{run:06d}/0001/")
-    if any(p3s_state(done.state) != "finished" for done in finished):
+    try:
+        where = wait_until_settled(settings, name, timeout_s=min(timeout, 300))
+        console.print(f"[green]✓[/green] {name} is in {where}/ ({layout.area(where).url})")
+    except TimeoutError as exc:
+        console.print(f"[yellow]{exc}[/yellow]")
+    if any(r.state is None or r.state.name != "Completed" for r in runs.values()):
         raise typer.Exit(1)

@@ -5,18 +5,22 @@ from __future__ import annotations
 import logging
 import signal
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 
 from p3s.settings import get_settings
 
+if TYPE_CHECKING:
+    from p3s.inbox import ScanReport
+
 console = Console(soft_wrap=True)
 app = typer.Typer(help="The inbox: claim complete raw files and announce them to Prefect.")
 
 
-def _print(report: object) -> None:
-    for line in report.lines():  # type: ignore[attr-defined]
+def _print(report: ScanReport) -> None:
+    for line in report.lines():
         console.print(line)
 
 
@@ -44,6 +48,7 @@ def watch() -> None:
     from p3s.lifecycle import Layout
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = get_settings()
     stopping = False
 
@@ -57,5 +62,5 @@ def watch() -> None:
         f"watching {Layout.of(settings).inbox.url} every {settings.inbox.poll_seconds} s; "
         f"events to {settings.api_url}"
     )
-    watch_inbox(settings, lambda report: None, stop=lambda: stopping)
+    watch_inbox(settings, lambda report: None, stop=lambda: stopping)  # logs what it does
     console.print("inbox watch stopped")

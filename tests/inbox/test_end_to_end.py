@@ -1,0 +1,110 @@
+"""The inbox on the real stack: a dropped file runs four DQM flows through event triggers, then
+moves to used/ and its outputs are replicated; a corrupt file goes to quarantine with a reason;
+a file removed between claim and stage-in fails its runs with a message that says so."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from p3s.datatypes import DQM_DEPLOYMENTS
+from p3s.demo import drop_into_inbox, wait_for_dqm_runs, wait_until_settled
+from p3s.inbox import InboxScanner, prefect_emitter
+from p3s.lifecycle import Layout
+from p3s.transport import MANIFEST
+from tests.conftest import Stack
+from tests.inbox.conftest import put, raw_name
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _run_number(stack: Stack, base: int) -> int:
+    # Both backends share nothing but the test module: keep run numbers apart.
+    return base + (500 if stack.backend == "postgresql" else 0)
+
+
+def _wait_for_files(folder: Path, names: set[str], timeout_s: float = 240.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if names <= {p.name for p in folder.iterdir()} if folder.exists() else False:
+            return
+        time.sleep(0.5)
+    found = sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+    raise AssertionError(f"{folder} holds {found}, expected {sorted(names)}")
+
+
+def test_a_dropped_file_runs_four_dqm_flows_then_is_used_and_replicated_and_a_corrupt_one_is_quarantined(  # noqa: E501
+    stack: Stack,
+) -> None:
+    settings = stack.settings
+    layout = Layout.of(settings)
+    data = settings.data
+    run = _run_number(stack, 101)
+    good = drop_into_inbox(settings, run, n_events=2, seed=run)
+    corrupt = raw_name(run + 1)
+    put(layout, corrupt, b"this is not HDF5 at all" * 100)
+    bystander = data / "claimed" / "bystander-notes.txt"
+    bystander.write_text("someone else's file")
+
+    good_runs = asyncio.run(wait_for_dqm_runs(good, DQM_DEPLOYMENTS, timeout_s=300))
+    assert {p: r.state.name for p, r in good_runs.items()} == dict.fromkeys(
+        DQM_DEPLOYMENTS, "Completed"
+    )
+    for run_ in good_runs.values():
+        assert run_.parameters["file_url"] == layout.claimed.child(good)
+
+    bad_runs = asyncio.run(wait_for_dqm_runs(corrupt, DQM_DEPLOYMENTS, timeout_s=300))
+    for payload, run_ in bad_runs.items():
+        assert run_.state.type.value == "FAILED", payload
+        assert "corrupt" in (run_.state.message or ""), run_.state.message
+
+    assert wait_until_settled(settings, good) == "used"
+    assert wait_until_settled(settings, corrupt) == "quarantine"
+    reason = (data / "quarantine" / f"{corrupt}.reason").read_text()
+    assert corrupt in reason and "corrupt" in reason
+    lines = reason.splitlines()[1:]
+    assert sorted(line.split(":")[0] for line in lines) == sorted(DQM_DEPLOYMENTS)
+    # Nothing else was disturbed.
+    assert bystander.read_text() == "someone else's file"
+    assert (data / "used" / good).exists() and not (data / "quarantine" / good).exists()
+    assert not (data / "claimed" / good).exists() and not (data / "claimed" / corrupt).exists()
+
+    # Every completed output set is replicated, with a manifest of adler32 checksums.
+    for payload in DQM_DEPLOYMENTS:
+        folder = f"run{run:06d}/0001/{payload}"
+        source = data / "outbox" / folder
+        replica = data / "replica" / folder
+        _wait_for_files(replica, {MANIFEST})
+        copied = sorted(str(p.relative_to(replica)) for p in replica.rglob("*") if p.is_file())
+        original = sorted(str(p.relative_to(source)) for p in source.rglob("*") if p.is_file())
+        assert copied == sorted([*original, MANIFEST])
+        for rel in original:
+            assert (replica / rel).read_bytes() == (source / rel).read_bytes()
+    assert not (data / "replica" / f"run{run + 1:06d}").exists()  # nothing of the corrupt one
+
+
+def test_a_file_removed_between_claim_and_stage_in_fails_its_runs_saying_so(
+    stack: Stack, tmp_path: Path
+) -> None:
+    # A private inbox (so the stack's watcher does not race this test), the stack's server.
+    layout = Layout(f"file://{tmp_path / 'site'}")
+    name = raw_name(_run_number(stack, 201))
+    put(layout, name)
+    scanner = InboxScanner(
+        layout,
+        stack.settings.inbox.datatypes,
+        prefect_emitter(stack.api_url),
+        settle_seconds=0.0,
+    )
+    report = scanner.scan(first_pass=True)
+    assert report.announced == [name]
+    (tmp_path / "site" / "claimed" / name).unlink()  # gone before any flow could stage it in
+
+    runs = asyncio.run(wait_for_dqm_runs(name, DQM_DEPLOYMENTS, timeout_s=300))
+    for payload, run_ in runs.items():
+        message = run_.state.message or ""
+        assert run_.state.type.value == "FAILED", (payload, run_.state)
+        assert "removed" in message and name in message, message
