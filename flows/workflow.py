@@ -19,7 +19,7 @@ from typing import Any
 import networkx as nx
 from p3s.flows.job import REFUSED_STATE, final_state, job_environment
 from p3s.tasks.payload import execute_payload
-from prefect import flow, get_run_logger, tags, task
+from prefect import flow, get_client, get_run_logger, tags, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
@@ -200,8 +200,14 @@ def p3s_workflow(
         name: a name for this workflow run (default: the template's).
     """
     logger = get_run_logger()
-    run_id = str(get_run_context().flow_run.id)
+    run = get_run_context().flow_run
+    run_id = str(run.id)
     settings = get_settings()
+    wanted = {"p3s-workflow", f"template:{template}"}
+    if not wanted <= set(run.tags):
+        # Started with `prefect deployment run`: the tags `p3s workflow submit` gives.
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(run.id, tags=sorted({*run.tags, *wanted}))
     try:
         workflow = instantiate(
             load_template(template),

@@ -25,10 +25,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from p3s.payloads.dataprep import flag_dead, flag_noisy, pedestal_and_rms
-from p3s.payloads.rawformat import RawFormatError, open_raw
-from p3s.payloads.runner import EX_CANTCREAT, EX_DATAERR, EX_NOINPUT, EX_USAGE, run_payload
+# Exit codes of p3s.payloads.runner (sysexits.h); the payload modules are imported only by the
+# steps that need them, so that the summary step starts fast.
+EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_CANTCREAT = 2, 65, 66, 73
+
 
 PLANES = {0: "U", 1: "V", 2: "X"}
 
@@ -76,6 +76,10 @@ def _events() -> int | None:
 
 
 def dataprep() -> None:
+    import numpy as np
+    from p3s.payloads.dataprep import flag_dead, flag_noisy, pedestal_and_rms
+    from p3s.payloads.rawformat import open_raw
+
     raw_path, staged = Path(_env("P3S_RAW")), Path(_env("P3S_STAGED"))
     if not raw_path.is_file():
         raise StepError(f"{raw_path}: no such raw file", EX_NOINPUT)
@@ -123,6 +127,8 @@ def dataprep() -> None:
 
 
 def payload(name: str, variable: str) -> None:
+    from p3s.payloads.runner import run_payload
+
     staged, outbox = _env("P3S_STAGED"), _env("P3S_OUTPUT_DIR")
     if not Path(staged).is_file():
         raise StepError(f"{staged}: no such raw file", EX_NOINPUT)
@@ -175,7 +181,7 @@ def main(argv: list[str]) -> int:
     except StepError as exc:
         print(f"p3s-dqm-step: {exc}", file=sys.stderr)
         return exc.code
-    except RawFormatError as exc:
+    except ValueError as exc:  # RawFormatError is a ValueError: the input is corrupt
         print(f"p3s-dqm-step: {exc}", file=sys.stderr)
         return EX_DATAERR
     return 0
