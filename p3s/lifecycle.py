@@ -327,14 +327,14 @@ class Settled:
 OutcomeSource = Callable[[str], Mapping[str, str]]
 
 
-def catalog_outcomes(file_name: str) -> dict[str, str]:
+def catalog_outcomes(settings: Settings, file_name: str) -> dict[str, str]:
     """Outcomes the DQM catalog holds for the file ({} when the catalog is not available)."""
     try:
         from p3s.catalog import payload_outcomes
     except ImportError:
         return {}
     try:
-        return dict(payload_outcomes(file_name))
+        return dict(payload_outcomes(file_name, settings.catalog))
     except Exception as exc:  # noqa: BLE001 - the catalog only adds to the recorded outcomes
         log.warning("the DQM catalog could not be read for %s: %s", file_name, exc)
         return {}
@@ -373,7 +373,7 @@ def settle(
     payload: str | None = None,
     outcome: str | None = None,
     reason: str = "",
-    extra_outcomes: OutcomeSource = catalog_outcomes,
+    extra_outcomes: OutcomeSource | None = None,
 ) -> Settled:
     """Record a DQM outcome for ``name`` and move the file once every DQM flow has reported.
 
@@ -385,7 +385,7 @@ def settle(
         settings: where the folders are and which data types feed which payloads.
         name: the file name (checked: it may not leave its folder).
         payload, outcome, reason: what the triggering ``p3s.dqm.finished`` event reported.
-        extra_outcomes: more outcomes by payload (the DQM catalog by default).
+        extra_outcomes: more outcomes by payload (None: the DQM catalog of ``settings``).
 
     Raises:
         UnsafeName: ``name`` could leave its folder.
@@ -405,7 +405,8 @@ def settle(
         record_outcome(layout, name, payload, outcome, reason)
     records = recorded_outcomes(layout, name)
     outcomes = {p: str(r["outcome"]) for p, r in records.items()}
-    for p, o in extra_outcomes(name).items():
+    extra = extra_outcomes(name) if extra_outcomes else catalog_outcomes(settings, name)
+    for p, o in extra.items():
         outcomes.setdefault(p, o)
     missing = [p for p in expected if p not in outcomes]
     if missing:

@@ -1,0 +1,124 @@
+"""The file life cycle: claimed/ -> used/ once every DQM flow reported, quarantine/ with a reason
+when any reported the file corrupt; idempotent, safe when runs race. Local and XRootD."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+from p3s.datatypes import DQM_DEPLOYMENTS
+from p3s.lifecycle import Layout, settle, sweep
+from p3s.settings import InboxSettings, Settings
+from tests.inbox.conftest import put, raw_name
+
+PAYLOADS = list(DQM_DEPLOYMENTS)
+
+
+def _settings(tmp_path: Path, layout: Layout) -> Settings:
+    return Settings(home=tmp_path / "home", inbox=InboxSettings(root_url=layout.root))
+
+
+def _none(_: str) -> dict[str, str]:
+    return {}
+
+
+def test_a_file_moves_to_used_once_all_four_flows_reported_and_again_changes_nothing(
+    layout, tmp_path: Path
+) -> None:
+    layout, _ = layout
+    settings = _settings(tmp_path, layout)
+    name = raw_name(1)
+    put(layout, name, stage="claimed")
+    for payload in PAYLOADS[:3]:
+        result = settle(settings, name, payload=payload, outcome="completed", extra_outcomes=_none)
+        assert result.action == "waiting"
+    assert "beam" in result.reason
+    outcome = "failed"  # a failed (not corrupt) run still counts as finished
+    result = settle(settings, name, payload="beam", outcome=outcome, extra_outcomes=_none)
+    assert result.action == "used"
+    assert layout.where(name) == "used"
+    again = settle(settings, name, payload="beam", outcome="completed", extra_outcomes=_none)
+    assert again.action == "already used"
+    assert layout.claimed.names() == set() and layout.quarantine.names() == set()
+
+
+def test_a_corrupt_file_goes_to_quarantine_with_a_reason_and_nothing_else_moves(
+    layout, tmp_path: Path
+) -> None:
+    layout, _ = layout
+    settings = _settings(tmp_path, layout)
+    bad, other = raw_name(2), raw_name(3)
+    put(layout, bad, b"garbage", stage="claimed")
+    put(layout, other, b"good data", stage="claimed")
+    put(layout, raw_name(4), b"used before", stage="used")
+    for payload in PAYLOADS:
+        settle(
+            settings,
+            bad,
+            payload=payload,
+            outcome="corrupt",
+            reason=f"corrupt input {bad}: not an HDF5 file",
+            extra_outcomes=_none,
+        )
+    assert layout.quarantine.names() == {bad, f"{bad}.reason"}
+    reason = layout.quarantine.read_text(f"{bad}.reason")
+    assert reason.startswith(f"{bad} is unreadable")
+    assert reason.count("not an HDF5 file") == 4
+    assert layout.claimed.names() == {other}
+    assert layout.used.names() == {raw_name(4)}
+    fs, path = layout.claimed.fs()
+    with fs.open(f"{path}/{other}", "rb") as handle:
+        assert handle.read() == b"good data"
+
+
+def test_concurrent_runs_for_one_file_move_it_exactly_once(layout, tmp_path: Path) -> None:
+    layout, _ = layout
+    settings = _settings(tmp_path, layout)
+    name = raw_name(5)
+    put(layout, name, stage="claimed")
+    start = threading.Barrier(len(PAYLOADS))
+    results = []
+
+    def report(payload: str) -> None:
+        start.wait()
+        results.append(
+            settle(settings, name, payload=payload, outcome="completed", extra_outcomes=_none)
+        )
+
+    threads = [threading.Thread(target=report, args=(p,)) for p in PAYLOADS]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    actions = sorted(r.action for r in results)
+    assert actions.count("used") == 1, actions
+    assert set(actions) <= {"used", "waiting", "already used"}
+    assert layout.where(name) == "used"
+
+
+def test_the_sweep_settles_files_whose_outcomes_the_catalog_holds(tmp_path: Path) -> None:
+    from p3s.catalog import open_catalog
+
+    layout = Layout(f"file://{tmp_path / 'data'}")
+    settings = _settings(tmp_path, layout)
+    name = raw_name(6)
+    put(layout, name, stage="claimed")
+    put(layout, raw_name(7), stage="claimed")  # no outcomes yet: stays
+    catalog = open_catalog(settings.catalog)
+
+    for payload in PAYLOADS:
+        catalog.record_payload(
+            name,
+            payload,
+            file_url=layout.claimed.child(name),
+            run=6,
+            subrun=1,
+            outcome="completed",
+            reason="fine",
+            flow_run_id="00000000-0000-0000-0000-000000000000",
+            started=datetime.now(UTC),
+        )
+    moved = sweep(settings)
+    assert [m.name for m in moved] == [name]
+    assert layout.used.names() == {name} and layout.claimed.names() == {raw_name(7)}
