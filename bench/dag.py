@@ -20,6 +20,7 @@ Run: ``.venv/bin/python bench/dag.py [--nodes 1000] [--nodes 200 ...]``
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import socket
 import sys
@@ -68,7 +69,9 @@ def run_dask(n: int) -> float:
     from dask.distributed import Client, LocalCluster
 
     with (
-        LocalCluster(n_workers=2, threads_per_worker=4, dashboard_address=None) as cluster,
+        LocalCluster(
+            n_workers=2, threads_per_worker=4, dashboard_address=None, silence_logs=logging.CRITICAL
+        ) as cluster,
         Client(cluster) as client,
     ):
         client.submit(trivial, pure=False).result()  # warm up the workers
