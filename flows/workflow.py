@@ -41,6 +41,8 @@ from p3s.workflows import (
 )
 
 SKIPPED_STATE = "Skipped"
+#: Larger workflows are not drawn at the end of their run (``p3s workflow show`` still can).
+MAX_DRAWN_NODES = 200
 
 
 def _run_name() -> str:
@@ -239,4 +241,40 @@ def p3s_workflow(
         key=None,
         description=f"p3s workflow {workflow.name} (template {workflow.template})",
     )
+    if len(workflow.nodes) <= MAX_DRAWN_NODES:
+        try:
+            publish_drawing(workflow, states, run_id)
+        except Exception as exc:  # a drawing never changes the workflow's outcome
+            logger.warning("the workflow graph could not be drawn: %s", exc)
     return summarize(workflow, states)
+
+
+def publish_drawing(workflow: Workflow, states: dict[str, State[Any]], run_id: str) -> Path:
+    """Draw the run's graph coloured by state: a PNG under the home (for the content pages),
+    embedded in a markdown artifact of the run."""
+    import base64
+
+    from prefect.artifacts import create_markdown_artifact
+
+    from p3s.workflow_client import NodeView, draw_workflow, graph_png_path
+
+    views = [
+        NodeView(
+            node=n.node,
+            jobtype=n.job.jobtype,
+            priority=n.job.priority,
+            state=states[n.node].name,
+            state_type=states[n.node].type.value,
+            message=states[n.node].message or "",
+        )
+        for n in workflow.nodes
+    ]
+    out = draw_workflow(
+        workflow.graph(), views, graph_png_path(get_settings(), run_id), title=workflow.name
+    )
+    encoded = base64.b64encode(out.read_bytes()).decode()
+    create_markdown_artifact(
+        f"![workflow {workflow.name}](data:image/png;base64,{encoded})\n\n`{out}`",
+        description=f"graph of workflow {workflow.name}, coloured by node state",
+    )
+    return out
