@@ -23,6 +23,7 @@ tries again after ``retry_seconds``: nothing is lost, nothing is announced twice
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -281,6 +282,13 @@ class InboxScanner:
                 return False
         if not taken:
             report.lost_race.append(name)
+            return False
+        if layout.claimed.local and os.path.islink(layout.claimed.child_path(name)):
+            # Swapped for a link between the listing and the rename: never let a flow follow it.
+            fault = "became a symbolic link while being claimed; moved to quarantine/"
+            layout.quarantine.write_text(f"{name}.reason", f"{name}: {fault}\n")
+            move(layout.claimed, layout.quarantine, name)
+            self._report_once(report.refused, (name, fault), "refused")
             return False
         report.claimed.append(name)
         log.info("inbox: claimed %s", name)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from p3s.inbox import InboxScanner
-from p3s.lifecycle import Layout, UnsafeName, check_name, name_fault
+from p3s.lifecycle import Area, Layout, UnsafeName, check_name, name_fault
 from p3s.settings import Settings
 from p3s.transport import TransportError, relative_to_outbox
 from tests.inbox.conftest import Recorder, datatypes, raw_name
@@ -83,3 +83,35 @@ def test_transport_only_replicates_folders_inside_the_outbox(tmp_path: Path) -> 
     for url in (f"{tmp_path}/outbox/../inbox", "/etc", f"file://{tmp_path}/outboxx/a"):
         with pytest.raises(TransportError, match="not inside the outbox"):
             relative_to_outbox(url, outbox)
+
+
+class _SwappingInbox(Area):
+    """An inbox whose file becomes a symbolic link right after it was listed (the race)."""
+
+    def entries(self):
+        found = super().entries()
+        for entry in found:
+            path = Path(self.url.removeprefix("file://")) / entry.name
+            path.unlink()
+            path.symlink_to("/etc/passwd")
+        return found
+
+
+class _RacyLayout(Layout):
+    def area(self, stage: str) -> Area:
+        area = super().area(stage)
+        return _SwappingInbox(area.url) if stage == "inbox" else area
+
+
+def test_a_file_swapped_for_a_link_while_being_claimed_goes_to_quarantine(tmp_path: Path) -> None:
+    layout = _RacyLayout(f"file://{tmp_path / 'data'}")
+    layout.ensure()
+    name = raw_name(5)
+    (tmp_path / "data" / "inbox" / name).write_bytes(b"data")
+    recorder = Recorder()
+    report = InboxScanner(layout, datatypes(), recorder, settle_seconds=0.0).scan(first_pass=True)
+    assert report.claimed == [] and recorder.events == []
+    assert [n for n, _ in report.refused] == [name]
+    quarantined = tmp_path / "data" / "quarantine" / name
+    assert quarantined.is_symlink() and not (tmp_path / "data" / "claimed" / name).exists()
+    assert "symbolic link" in (tmp_path / "data" / "quarantine" / f"{name}.reason").read_text()
