@@ -30,6 +30,7 @@ def scan() -> None:
     from p3s.inbox import scan_once
     from p3s.lifecycle import Layout
 
+    logging.getLogger("p3s.inbox").setLevel(logging.ERROR)  # the report below says it all
     settings = get_settings()
     report = scan_once(settings)
     _print(report)
