@@ -26,6 +26,7 @@ from p3s import storage
 from p3s.catalog import Catalog
 from p3s.datatypes import DQM_DEPLOYMENTS
 from tests.conftest import Stack, wait_for_runs
+from tests.dqm.conftest import drain_prefect_clients
 
 pytestmark = pytest.mark.integration
 PAYLOADS = list(DQM_DEPLOYMENTS)
@@ -126,6 +127,7 @@ def outcome(stack: Stack) -> Iterator[Outcome]:
     try:
         yield Outcome(stack, dict(zip(runs, finished, strict=True)), damaged, good_url)
     finally:
+        drain_prefect_clients()
         get_settings.cache_clear()
 
 
@@ -207,7 +209,7 @@ def _finished_events(file_name: str, expected: int) -> list[Any]:
             )
         return [e for e in page.events if e.resource.get("p3s.file.name") == file_name]
 
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60
     while True:  # events are written in batches, shortly after they are sent
         events = asyncio.run(read())
         if len(events) >= expected or time.monotonic() > deadline:

@@ -20,6 +20,7 @@ from p3s.payloads.simulate import simulate_file
 from p3s import storage
 from p3s.catalog import Catalog
 from tests.conftest import Stack
+from tests.dqm.conftest import drain_prefect_clients
 from tests.xrootd_server import XRootDServer
 
 pytestmark = pytest.mark.integration
@@ -37,6 +38,7 @@ def eos_settings(xrootd_server: XRootDServer) -> Iterator[None]:
     try:
         yield
     finally:
+        drain_prefect_clients()
         os.environ.clear()
         os.environ.update(saved)
         get_settings.cache_clear()
@@ -70,7 +72,7 @@ def test_restart_during_stage_in_is_retried_and_products_land_on_xrootd(
 
     def restart_soon() -> None:
         time.sleep(1.0)
-        xrootd_server.restart(down_s=1.5)
+        xrootd_server.restart(down_s=3.0)
 
     restarter = threading.Thread(target=restart_soon)
     restarter.start()
@@ -85,7 +87,8 @@ def test_restart_during_stage_in_is_retried_and_products_land_on_xrootd(
         for t in asyncio.run(_task_runs(state.state_details.flow_run_id))
         if t.name.startswith("stage-in")
     ]
-    assert len(stage_in) == 1 and stage_in[0].run_count >= 2, "the stage-in was retried"
+    assert len(stage_in) == 1, stage_in
+    assert stage_in[0].run_count >= 2, f"the stage-in was not retried: {stage_in[0].state}"
 
     outbox = xrootd_server.url("outbox/run000051/0002/beam")
     names = {entry["name"] for entry in storage.listdir(outbox)}
