@@ -27,7 +27,7 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
 from p3s.settings import get_settings
-from p3s.storage import FileVanished, StorageError
+from p3s.storage import FileVanished, StorageError, adler32_local
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,7 @@ def run_dqm(payload: str, file_url: str, n_events: int | None) -> State[Any]:
     report = {"payload": payload, "raw": raw, "started": started}
     try:
         local = stage_in(raw.url, scratch / "in")
+        size, checksum = local.stat().st_size, adler32_local(local)
         result = analyse(payload, local, scratch / "out", n_events)
         raw = RawFile(raw.url, raw.name, result.run, result.subrun)
         outbox = outbox_folder(payload, result.run, result.subrun)
@@ -92,6 +93,8 @@ def run_dqm(payload: str, file_url: str, n_events: int | None) -> State[Any]:
         started=started,
         summary=result.summary,
         products=products,
+        file_size=size,
+        file_adler32=checksum,
     )
     publish_artifacts(
         payload,

@@ -40,6 +40,7 @@ __all__ = [
     "StorageError",
     "StorageUnavailable",
     "adler32",
+    "adler32_local",
     "exists",
     "filesystem",
     "listdir",

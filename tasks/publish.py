@@ -42,8 +42,13 @@ def record_result(
     started: datetime,
     summary: Mapping[str, Any] | None = None,
     products: Sequence[ProductInfo] = (),
+    file_size: int | None = None,
+    file_adler32: str | None = None,
 ) -> None:
-    """Record one payload's result for one file in the DQM catalog (``settings.catalog``)."""
+    """Record one payload's result for one file in the DQM catalog (``settings.catalog``).
+
+    ``file_size`` (bytes) and ``file_adler32`` describe the raw file when it was staged in.
+    """
     summary = summary or {}
     open_catalog().record_payload(
         file_name,
@@ -59,6 +64,8 @@ def record_result(
         purity=summary.get("purity", []),
         planes=summary.get("planes", []),
         products=products,
+        file_size=file_size,
+        file_adler32=file_adler32,
     )
 
 

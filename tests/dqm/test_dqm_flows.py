@@ -150,6 +150,10 @@ def test_catalog_has_the_file_results_purity_channels_and_products(outcome: Outc
     catalog = Catalog(outcome.stack.settings.catalog)
     try:
         assert catalog.payload_outcomes(GOOD) == dict.fromkeys(PAYLOADS, "completed")
+        (raw,) = [f for f in catalog.files(run=42) if f["name"] == GOOD]
+        good = Path(outcome.good_url.removeprefix("file://"))
+        assert (raw["url"], raw["subrun"]) == (outcome.good_url, 7)
+        assert (raw["size"], raw["adler32"]) == (good.stat().st_size, storage.adler32(good))
         purity = catalog.purity(run=42)
         assert [row["tpc"] for row in purity] == [1]
         assert purity[0]["count"] > 0 and 0.5 < purity[0]["lifetime_ms"] < 20
