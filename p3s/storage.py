@@ -347,9 +347,7 @@ def stage_out(
                     f"{full}: the written copy has {got_size} bytes, adler32 {got}; "
                     f"{source} has {size} bytes, adler32 {expected}"
                 )
-            if fs.exists(path):
-                fs.rm_file(path)
-            fs.mv(temp, path)
+            fs.mv(temp, path)  # replaces an older copy in one step (rename, XRootD mv)
         except BaseException:
             _remove_quietly(fs, temp)
             raise

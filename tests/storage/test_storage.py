@@ -87,6 +87,12 @@ def test_xrootd_stage_out_listing_checksum_stage_in(
     local = storage.stage_in(url, tmp_path / "scratch")
     assert local.read_bytes() == source.read_bytes()
 
+    newer = _random_file(tmp_path / "newer.h5", 1000, seed=9)
+    storage.stage_out(newer, url)  # a rerun replaces the product in one rename
+    folder = xrootd_server.local("roundtrip/run000001")
+    assert [p.name for p in folder.iterdir()] == ["raw.h5"], "no temporary left behind"
+    assert (folder / "raw.h5").read_bytes() == newer.read_bytes()
+
 
 def test_xrootd_missing_file_raises_file_vanished(
     xrootd_server: XRootDServer, tmp_path: Path
