@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     Float,
     ForeignKey,
@@ -91,7 +92,7 @@ class File(Base):
     url: Mapped[str] = mapped_column(Text)
     run: Mapped[int] = mapped_column(ForeignKey("runs.run"), index=True)
     subrun: Mapped[int] = mapped_column(Integer)
-    size: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     adler32: Mapped[str | None] = mapped_column(String(8), nullable=True)
     first_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
@@ -151,7 +152,7 @@ class Product(Base):
     payload: Mapped[str] = mapped_column(String(32))
     name: Mapped[str] = mapped_column(String(255))
     url: Mapped[str] = mapped_column(Text)
-    size: Mapped[int] = mapped_column(Integer)
+    size: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     adler32: Mapped[str] = mapped_column(String(8))
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)

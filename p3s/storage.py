@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 CHUNK = 4 * 1024 * 1024
 """Bytes read at a time when checksumming (4 MiB)."""
-_MISSING_MARKERS = ("[3011]", "no such file", "not found")
+_MISSING_MARKERS = ("[3011]", "no such file")
 _REFUSED_MARKERS = ("[3010]", "permission denied", "not authorized")
 
 
@@ -298,6 +298,7 @@ def stage_in(
             partial.replace(local)
         finally:
             partial.unlink(missing_ok=True)
+            fs.invalidate_cache(path)  # XRootD: close the cached read handle of the source
         log.info("staged in %s (%d bytes, adler32 %s) to %s", full, size, expected, local)
         return local
 

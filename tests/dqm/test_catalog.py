@@ -59,7 +59,8 @@ def _record(catalog: Catalog, payload: str, outcome: str = "completed", **extra:
 
 
 def test_rerecording_a_payload_replaces_its_rows(catalog: Catalog) -> None:
-    product = ProductInfo("purity.root", "file:///o/purity.root", 10, "ab" * 32, "0000abcd")
+    big = 3_000_000_000  # bytes: more than a 32-bit column holds (a raw file of 6 APAs)
+    product = ProductInfo("purity.root", "file:///o/purity.root", big, "ab" * 32, "0000abcd")
     for _ in range(2):  # a retried flow run records again
         _record(catalog, "purity", purity=PURITY, products=[product])
         _record(catalog, "tpc_monitor", planes=PLANES)
@@ -74,7 +75,7 @@ def test_rerecording_a_payload_replaces_its_rows(catalog: Catalog) -> None:
         ("V", 1, 0),
         ("X", 0, 0),
     ]
-    assert [p["name"] for p in catalog.products(42)] == ["purity.root"]
+    assert [(p["name"], p["size"]) for p in catalog.products(42)] == [("purity.root", big)]
     assert catalog.purity(run=43) == [] and catalog.channels(43) == []
 
 
