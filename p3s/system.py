@@ -226,6 +226,9 @@ def start_pilot_worker(
         **client_environment(settings),
         "PREFECT_WORKER_QUERY_SECONDS": str(settings.pilots.query_seconds),
         "PREFECT_WORKER_PREFETCH_SECONDS": "0",
+        # Cancelling a run (UI, API) reaches the pilot worker as an event at once.
+        "PREFECT_WORKER_ENABLE_CANCELLATION": "true",
+        "PREFECT_WORKER_CANCELLATION_POLL_SECONDS": "10",
         **(extra_env or {}),
     }
     process, new = proc.start(argv, _env(env), cwd=settings.home)

@@ -5,6 +5,10 @@ from the pilot's ``forkserver`` (started once, with Prefect and every ``p3s.flow
 already imported by :mod:`p3s.pilots.preload`), so a child is ready in milliseconds instead of
 the seconds a fresh interpreter takes. The child:
 
+0. watches its pilot: if the Dask worker dies (batch job killed, evicted, at walltime), the
+   child kills its payload's process groups and exits within a quarter of a second, so the
+   run, rescheduled by the pilot worker, never executes twice at the same time;
+
 1. reads the flow run and runs it only if it is still ``Pending`` (claimed by the pilot worker
    for this execution): a run already ``Running`` elsewhere is never started twice;
 2. runs it with ``prefect.flow_engine.run_flow`` (the engine sets Running and the final state);
@@ -74,7 +78,17 @@ def warm_up() -> None:
 
 
 def _die_with_parent() -> None:
-    # The parent is the fork server, which exits when its Dask worker dies.
+    """Die (SIGKILL) when the fork server exits, which it does when its Dask worker dies."""
+    from multiprocessing import forkserver
+
+    # multiprocessing hands every child the write end of the fork server's "alive" pipe; while
+    # any child holds it the fork server never sees its worker die. Close it here.
+    server = forkserver._forkserver  # type: ignore[attr-defined]
+    fd = getattr(server, "_forkserver_alive_fd", None)
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        server._forkserver_alive_fd = None
     with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
@@ -104,11 +118,35 @@ def _flush() -> None:
         EventsWorker.drain_all(timeout=10)
 
 
-def child_main(run_id: str, entrypoint: str, pilot: str) -> None:
+def _kill_own_payloads() -> None:
+    """SIGKILL every process group below this process (payloads run in their own)."""
+    with contextlib.suppress(psutil.Error):
+        for proc in psutil.Process().children(recursive=True):
+            with contextlib.suppress(OSError):
+                os.killpg(os.getpgid(proc.pid), signal.SIGKILL)
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+
+
+def _watch_pilot(pilot_pid: int, interval_s: float = 0.25) -> None:
+    """Thread of a flow-run child: when its pilot (Dask worker) dies, end the payload and the
+    child at once. (The fork server also exits then, but only after seconds of shutdown.)"""
+    try:
+        pilot = psutil.Process(pilot_pid)
+        while pilot.is_running() and pilot.status() != psutil.STATUS_ZOMBIE:
+            time.sleep(interval_s)
+    except psutil.Error:
+        pass
+    _kill_own_payloads()
+    os._exit(ENGINE_ERROR)
+
+
+def child_main(run_id: str, entrypoint: str, pilot: str, pilot_pid: int) -> None:
     """Body of the child process of one flow run (see the module docstring)."""
     _die_with_parent()
     if os.getppid() == 1:  # the fork server died before PR_SET_PDEATHSIG took effect
         os._exit(ENGINE_ERROR)
+    threading.Thread(target=_watch_pilot, args=(pilot_pid,), daemon=True).start()
     os.environ["P3S_PILOT_NAME"] = pilot
     from prefect.flow_engine import load_flow_run, run_flow
     from prefect.logging.loggers import flow_run_logger
@@ -181,7 +219,9 @@ def run_on_pilot(run_id: str, entrypoint: str) -> dict[str, Any]:
     ctx = fork_context()
     started = time.monotonic()
     proc = ctx.Process(  # type: ignore[attr-defined]
-        target=child_main, args=(run_id, entrypoint, pilot), name=f"p3s-run-{run_id}"
+        target=child_main,
+        args=(run_id, entrypoint, pilot, os.getpid()),
+        name=f"p3s-run-{run_id}",
     )
     proc.start()
     _running[run_id] = proc

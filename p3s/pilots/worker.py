@@ -35,6 +35,7 @@ import anyio
 from distributed.diagnostics.plugin import WorkerPlugin
 from prefect.client.schemas.filters import (
     FlowRunFilter,
+    FlowRunFilterId,
     FlowRunFilterNextScheduledStartTime,
     FlowRunFilterState,
     FlowRunFilterStateType,
@@ -134,6 +135,7 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
         self._lost = 0
         self._last_counts: PilotCounts | None = None
         self._scope: anyio.CancelScope | None = None
+        self._cancelling: set[UUID] = set()
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -344,6 +346,7 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
             return 1
         finally:
             self._in_flight.pop(entry.run_id, None)
+            self._cancelling.discard(entry.run_id)
             if self._cancelling_observer is not None:
                 self._cancelling_observer.remove_in_flight_flow_run_id(entry.run_id)
         return await self._settle(entry, result)
@@ -422,12 +425,30 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
 
     # -- cancellation -----------------------------------------------------------------------
 
+    async def _poll_cancellations(self) -> None:
+        """Find in-flight runs set Cancelling (a fallback when the worker's event-driven
+        cancellation observer is off or disconnected)."""
+        ids = [i for i in self._in_flight if i not in self._cancelling]
+        if not ids:
+            return
+        cancelling = await self.client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=ids),
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.CANCELLING])),
+            )
+        )
+        for run in cancelling:
+            await self._cancel_run(run.id)
+
     async def _cancel_run(self, flow_run_id: UUID) -> None:
         """Stop a cancelled run's payload on whichever pilot runs it."""
         entry = self._in_flight.get(flow_run_id)
         if entry is None:
             await super()._cancel_run(flow_run_id)
             return
+        if flow_run_id in self._cancelling:
+            return
+        self._cancelling.add(flow_run_id)
         found = await self._dask.run(
             execute.cancel_local, str(flow_run_id), CANCEL_GRACE_S, on_error="return"
         )
@@ -464,6 +485,7 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
     async def _scale_once(self) -> None:
         pool = self.pilot_pool
         assert pool is not None
+        await self._poll_cancellations()
         self._backlog = await self._count_backlog()
         workers = dict(self._cluster.scheduler_info.get("workers", {}))
         connected = {str(w["name"]): addr for addr, w in workers.items()}

@@ -1,0 +1,147 @@
+"""Flow runs on local Dask pilots: warm reuse, priorities, jobtype limits, cancellation from the
+API (as the UI does it), a killed pilot, and the pilot counts."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import psutil
+import pytest
+
+from p3s.jobs import P3SJob
+from tests.conftest import wait_for_runs
+from tests.pilots.conftest import PILOT_PAYLOADS, Pilots, run, wait_for
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.parametrize("stack", ["sqlite"], indirect=True),
+]
+MARK = str(PILOT_PAYLOADS / "mark.sh")
+
+
+def job(name: str, log: Path, *, sleep: float = 0, jobtype: str = "pilot-test", priority=5):
+    return P3SJob(
+        name=name,
+        timeout=120,
+        jobtype=jobtype,
+        payload=MARK,
+        priority=priority,
+        env={"P3S_EXEC_LOG": str(log), "P3S_TAG": name, "P3S_SLEEP": str(sleep)},
+    )
+
+
+def alive(pid: int) -> bool:
+    """Whether a process runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def records(log: Path) -> list[list[str]]:
+    return [line.split() for line in log.read_text().splitlines()] if log.exists() else []
+
+
+async def submit(pilots: Pilots, jobs: list[P3SJob]):
+    from p3s.job_client import submit_jobs
+
+    return await submit_jobs(jobs, deployment=pilots.deployment)
+
+
+def test_runs_execute_in_turn_on_a_warm_pilot(local_pilots: Pilots, tmp_path: Path) -> None:
+    log = tmp_path / "exec.log"
+    runs = run(submit(local_pilots, [job(f"warm-{i}", log) for i in range(4)]))
+    done = run(wait_for_runs([r.id for r in runs], 180))
+    assert [r.state.type.value for r in done] == ["COMPLETED"] * 4, [r.state for r in done]
+    starts = [r for r in records(log) if r[1] == "start"]
+    assert sorted(r[0] for r in starts) == [f"warm-{i}" for i in range(4)]
+    # Every payload ran on a pilot (a Dask worker), and pilots were reused: 4 runs, <= 2 pilots.
+    pilots = {r[3] for r in starts}
+    assert "none" not in pilots and len(pilots) <= 2
+    counts = local_pilots.counts()
+    assert counts["pool"] == local_pilots.pool and counts["total"] >= 1
+    assert counts["total"] == counts["starting"] + counts["idle"] + counts["running"]
+
+
+def test_higher_priority_runs_first(local_pilots: Pilots, tmp_path: Path) -> None:
+    log = tmp_path / "exec.log"
+    # Occupy every slot, then queue a low and a high priority job: the high one starts first.
+    blockers = run(
+        submit(local_pilots, [job(f"block-{i}", log, sleep=4, priority=10) for i in range(2)])
+    )
+    wait_for(lambda: len(records(log)) >= 2, 120, "both blockers started")
+    low = run(submit(local_pilots, [job("low", log, priority=1)]))
+    high = run(submit(local_pilots, [job("high", log, priority=9)]))
+    run(wait_for_runs([r.id for r in blockers + low + high], 180))
+    order = [r[0] for r in records(log) if r[1] == "start" and r[0] in ("low", "high")]
+    assert order == ["high", "low"]
+
+
+def test_jobtype_limit_keeps_runs_of_a_type_apart(local_pilots: Pilots, tmp_path: Path) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    async def limit() -> None:
+        async with get_client() as client:
+            await client.create_global_concurrency_limit(
+                GlobalConcurrencyLimitCreate(name="jobtype:limited", limit=1)
+            )
+
+    run(limit())
+    log = tmp_path / "exec.log"
+    runs = run(
+        submit(local_pilots, [job(f"lim-{i}", log, sleep=1.5, jobtype="limited") for i in range(3)])
+    )
+    done = run(wait_for_runs([r.id for r in runs], 180))
+    assert all(r.state.type.value == "COMPLETED" for r in done)
+    spans = {}
+    for tag, what, when, *_ in records(log):
+        spans.setdefault(tag, {})[what] = float(when)
+    ordered = sorted(spans.values(), key=lambda s: s["start"])
+    for before, after in zip(ordered, ordered[1:], strict=False):
+        assert after["start"] >= before["end"], spans
+
+
+def test_cancelling_stops_the_payload_on_its_pilot(local_pilots: Pilots, tmp_path: Path) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelling
+
+    log = tmp_path / "exec.log"
+    (flow_run,) = run(submit(local_pilots, [job("cancel-me", log, sleep=300)]))
+    start = wait_for(lambda: records(log), 120, "the payload started")[0]
+    payload_pid = int(start[5])
+    assert alive(payload_pid)
+
+    async def cancel() -> None:
+        async with get_client() as client:
+            await client.set_flow_run_state(flow_run.id, Cancelling(), force=True)
+
+    run(cancel())
+    (done,) = run(wait_for_runs([flow_run.id], 120))
+    assert done.state.type.value == "CANCELLED", done.state
+    wait_for(lambda: not alive(payload_pid), 30, "the payload stopped")
+    assert not any(r[1] == "end" for r in records(log))
+
+
+def test_a_killed_pilot_is_lost_and_its_run_completes_elsewhere(
+    local_pilots: Pilots, tmp_path: Path
+) -> None:
+    log = tmp_path / "exec.log"
+    lost_before = local_pilots.counts().get("lost", 0)
+    (flow_run,) = run(submit(local_pilots, [job("survivor", log, sleep=3)]))
+    start = wait_for(lambda: records(log), 120, "the payload started")[0]
+    # payload -> flow-run child -> fork server -> Dask worker (the pilot): kill the pilot.
+    child = psutil.Process(int(start[5])).parent()
+    pilot = child.parent().parent()
+    assert "distributed" in " ".join(pilot.cmdline()) or "spawn" in " ".join(pilot.cmdline())
+    os.kill(pilot.pid, signal.SIGKILL)
+    (done,) = run(wait_for_runs([flow_run.id], 180))
+    assert done.state.type.value == "COMPLETED", done.state
+    starts = [r for r in records(log) if r[1] == "start"]
+    ends = [r for r in records(log) if r[1] == "end"]
+    # Executed twice in turn (the first killed before its end), finished once.
+    assert len(starts) == 2 and len(ends) == 1
+    assert float(ends[0][2]) > float(starts[1][2])
+    wait_for(lambda: local_pilots.counts().get("lost", 0) > lost_before, 30, "the loss counted")
