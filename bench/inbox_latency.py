@@ -198,7 +198,12 @@ def main() -> None:
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="p3s-bench-inbox-"))
     datatypes = [
-        {"name": BENCH_TYPE, "pattern": r"^bench_(?P<run>\d+)\.dat$", "feeds": {}},
+        # It feeds a payload that never reports, so the life-cycle sweep leaves the files be.
+        {
+            "name": BENCH_TYPE,
+            "pattern": r"^bench_(?P<run>\d+)\.dat$",
+            "feeds": {"noop": "bench-inbox-noop/inbox-latency"},
+        },
     ]
     os.environ.update(
         {
