@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 import uuid
 import zlib
@@ -31,6 +32,7 @@ from urllib.parse import urlsplit
 
 import fsspec
 from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
 
 from p3s.settings import get_settings
 
@@ -287,7 +289,10 @@ def stage_in(
     def copy() -> Path:
         size, expected = _source_facts(fs, path, full)
         try:
-            fs.get_file(path, str(partial))
+            if _is_xrootd(full):  # fsspec-xrootd reads 256 kB per request by default
+                fs.get_file(path, str(partial), chunk_size=CHUNK)
+            else:
+                fs.get_file(path, str(partial))
             got_size = partial.stat().st_size
             got = adler32_local(partial)
             if got_size != size or got != expected:
@@ -361,7 +366,11 @@ def stage_out(
 
 
 def _upload(fs: fsspec.AbstractFileSystem, source: Path, path: str) -> None:
-    """Write ``source`` to ``path`` in chunks (fsspec-xrootd has no ``put_file``)."""
+    """Write ``source`` to ``path``: a kernel copy locally, else in chunks (fsspec-xrootd has
+    no ``put_file``)."""
+    if isinstance(fs, LocalFileSystem):
+        shutil.copyfile(source, path)
+        return
     with open(source, "rb") as reader, fs.open(path, "wb") as writer:
         while chunk := reader.read(CHUNK):
             writer.write(chunk)
