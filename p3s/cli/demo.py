@@ -43,16 +43,14 @@ def demo(
         "triggers (the Prefect UI shows them live)…"
     ):
         runs = asyncio.run(wait_for_dqm_runs(name, feeds, timeout_s=timeout))
-    table = Table("payload", "state", "products")
+    table = Table("payload", "state")
     table.add_column("flow run id", no_wrap=True)
     products = f"{settings.outbox.rstrip('/')}/run{identity.run:06d}/{identity.subrun:04d}"
     for payload, flow_run in runs.items():
         state = flow_run.state.name if flow_run.state else "?"
-        table.add_row(
-            payload, state, f"{payload}/" if state == "Completed" else "-", str(flow_run.id)
-        )
+        table.add_row(payload, state, str(flow_run.id))
     console.print(table)
-    console.print(f"DQM products: {products}/")
+    console.print(f"DQM products: {products}/<payload>/")
     try:
         where = wait_until_settled(settings, name, timeout_s=min(timeout, 300))
         console.print(f"[green]✓[/green] {name} is in {where}/ ({layout.area(where).url})")
