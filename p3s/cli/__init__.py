@@ -15,6 +15,7 @@ from p3s.settings import get_settings
 from . import dqm as dqm_commands
 from . import inbox as inbox_commands
 from . import job as job_commands
+from . import pilots as pilots_commands
 from . import system as system_commands
 from . import workflow as workflow_commands
 from .demo import demo
@@ -37,6 +38,7 @@ def _configure() -> None:
 system_commands.register(app)
 app.command()(demo)
 app.add_typer(job_commands.app, name="job")
+app.add_typer(pilots_commands.app, name="pilots")
 app.add_typer(dqm_commands.app, name="dqm")
 app.add_typer(inbox_commands.app, name="inbox")
 app.add_typer(workflow_commands.app, name="workflow")
