@@ -1,0 +1,250 @@
+"""Pilot benchmark: dispatch latency to a warm pilot beside a process worker, and throughput.
+
+Brings up its own embedded system (Prefect server on SQLite, the p3s pool with its process
+worker, and a local pilot pool) under a temporary home and a free port, then measures, in the
+same run:
+
+* baseline: a bare loop of ``subprocess.run`` of the same trivial payload;
+* latency: jobs submitted one at a time (each waits for its payload to start) to the process
+  worker and to a warm pilot: submit -> payload start, p50 and p95;
+* throughput with 4 pilots: N trivial jobs at once, jobs/s until the last one finishes;
+* a queue of 1000 jobs with as many pilots as asked for (``--many-pilots``), with the Prefect
+  server's CPU (percent of one core) and resident memory sampled with psutil meanwhile.
+
+Run: ``.venv/bin/python bench/pilots.py [--latency-jobs 30] [--throughput-jobs 200]
+[--queue-jobs 1000] [--many-pilots 8]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+PAYLOAD = """#!/bin/sh
+date +%s.%N > "$P3S_BENCH_DIR/$P3S_JOB_UUID"
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def baseline(script: Path, marks: Path, n: int) -> tuple[list[float], float]:
+    """Bare subprocess loop: per-job latency to payload start, and jobs per second."""
+    latencies = []
+    started = time.time()
+    for i in range(n):
+        t0 = time.time()
+        env = {**os.environ, "P3S_BENCH_DIR": str(marks), "P3S_JOB_UUID": f"base-{i}"}
+        subprocess.run([str(script)], env=env, check=True)
+        latencies.append(float((marks / f"base-{i}").read_text()) - t0)
+    return latencies, n / (time.time() - started)
+
+
+async def wait_started(path: Path, timeout_s: float = 300) -> float:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists() or not path.read_text().strip():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"payload {path.name} did not start in {timeout_s} s")
+        await asyncio.sleep(0.01)
+    return float(path.read_text())
+
+
+class Sampler:
+    """Samples a process tree's CPU (% of one core) and resident memory in a thread."""
+
+    def __init__(self, pid: int, interval_s: float = 0.5) -> None:
+        import psutil
+
+        self.proc = psutil.Process(pid)
+        self.interval_s = interval_s
+        self.cpu: list[float] = []
+        self.rss: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _tree(self):
+        return [self.proc, *self.proc.children(recursive=True)]
+
+    def _run(self) -> None:
+        for p in self._tree():
+            p.cpu_percent(None)
+        while not self._stop.wait(self.interval_s):
+            try:
+                tree = self._tree()
+                self.cpu.append(sum(p.cpu_percent(None) for p in tree))
+                self.rss.append(sum(p.memory_info().rss for p in tree) / 2**20)
+            except Exception:
+                continue
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self) -> str:
+        if not self.cpu:
+            return "no samples"
+        return (
+            f"server CPU mean {statistics.mean(self.cpu):.0f} % of a core "
+            f"(max {max(self.cpu):.0f} %), RSS max {max(self.rss):.0f} MiB"
+        )
+
+
+async def latency(job, marks: Path, n: int, deployment: str) -> list[float]:
+    from p3s.job_client import submit_jobs, wait_for_jobs
+
+    out = []
+    ids = []
+    for _ in range(n):
+        t0 = time.time()
+        (run,) = await submit_jobs([job], deployment=deployment)
+        ids.append(run.id)
+        out.append(await wait_started(marks / str(run.id)) - t0)
+    await wait_for_jobs(ids, 600)
+    return out
+
+
+async def throughput(job, n: int, deployment: str) -> tuple[float, int]:
+    from p3s.job_client import submit_jobs, wait_for_jobs
+
+    t0 = time.time()
+    runs = await submit_jobs([job] * n, deployment=deployment)
+    done = await wait_for_jobs([r.id for r in runs], 3600, poll_s=2.0)
+    return n / (time.time() - t0), sum(r.state.type.value == "COMPLETED" for r in done)
+
+
+def wait_pilots(settings, pool: str, n: int, timeout_s: float = 300) -> None:
+    from p3s.pilots.status import read_status
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        counts = read_status(settings, pool)
+        if counts and counts.idle + counts.running >= n:
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"{n} pilots not up within {timeout_s} s")
+
+
+def start_pilots(system, base_env: dict, n_min: int, n_max: int):
+    from p3s.settings import Settings
+
+    env = {
+        **base_env,
+        "P3S_PILOTS__MIN_PILOTS": str(n_min),
+        "P3S_PILOTS__MAX_PILOTS": str(n_max),
+        "P3S_PILOTS__MEMORY": "1GiB",
+    }
+    os.environ.update(env)
+    settings = Settings()
+    system.start_pilot_worker(settings, lambda line: print("  ", line), extra_env=env)
+    wait_pilots(settings, settings.pilots.pool_name, n_min)
+    return settings
+
+
+def main() -> None:
+    sys.stdout.reconfigure(line_buffering=True)  # progress shows when the output is a file
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--latency-jobs", type=int, default=30)
+    parser.add_argument("--process-latency-jobs", type=int, default=10)
+    parser.add_argument("--throughput-jobs", type=int, default=200)
+    parser.add_argument("--queue-jobs", type=int, default=1000)
+    parser.add_argument("--many-pilots", type=int, default=8)
+    args = parser.parse_args()
+
+    home = Path(tempfile.mkdtemp(prefix="p3s-bench-pilots-"))
+    scripts, marks = home / "payloads", home / "marks"
+    scripts.mkdir()
+    marks.mkdir()
+    script = scripts / "mark_start.sh"
+    script.write_text(PAYLOAD)
+    script.chmod(0o755)
+    base_env = {
+        "P3S_HOME": str(home),
+        "P3S_SERVER__PORT": str(free_port()),
+        "P3S_PAYLOAD_ROOTS": str(scripts),
+        "P3S_POOL__CONCURRENCY": "4",
+        "P3S_PILOTS__CLUSTER": "local",
+        "P3S_PILOTS__IDLE_SECONDS": "600",
+    }
+    os.environ.update(base_env)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from p3s import system
+    from p3s.jobs import P3SJob
+    from p3s.prefect_env import apply_client_environment
+    from p3s.settings import Settings
+
+    settings = Settings()
+    apply_client_environment(settings)
+    base_lat, base_rate = baseline(script, marks, 100)
+    print(
+        f"baseline (bare subprocess loop): start latency p50 {pct(base_lat, 0.5) * 1e3:.1f} ms, "
+        f"p95 {pct(base_lat, 0.95) * 1e3:.1f} ms; {base_rate:.1f} jobs/s"
+    )
+    job = P3SJob(
+        name="bench",
+        timeout=60,
+        jobtype="bench",
+        payload=str(script),
+        priority=5,
+        env={"P3S_BENCH_DIR": str(marks)},
+    )
+    pilot_deployment = f"p3s-job/{settings.pilots.pool_name}"
+    try:
+        system.up(settings, lambda line: print("  ", line))
+        system.setup_pilot_pool(settings, lambda line: print("  ", line))
+        pilots = start_pilots(system, base_env, 4, 4)
+        server_pid = system.server_process(settings).process().pid
+
+        proc_lat = asyncio.run(latency(job, marks, args.process_latency_jobs, "p3s-job/adhoc"))
+        print(
+            f"process worker, {len(proc_lat)} jobs one at a time: submit -> payload start "
+            f"p50 {pct(proc_lat, 0.5):.2f} s, p95 {pct(proc_lat, 0.95):.2f} s"
+        )
+        pilot_lat = asyncio.run(latency(job, marks, args.latency_jobs, pilot_deployment))
+        p50 = pct(pilot_lat, 0.5)
+        print(
+            f"warm pilot, {len(pilot_lat)} jobs one at a time: submit -> payload start "
+            f"p50 {p50:.2f} s, p95 {pct(pilot_lat, 0.95):.2f} s "
+            f"(process worker / pilot p50: {pct(proc_lat, 0.5) / p50:.1f}x)"
+        )
+        with Sampler(server_pid) as sampler:
+            rate, ok = asyncio.run(throughput(job, args.throughput_jobs, pilot_deployment))
+        print(
+            f"4 pilots, {args.throughput_jobs} trivial jobs at once: {rate:.2f} jobs/s "
+            f"({ok} completed; bare loop {base_rate:.1f} jobs/s); {sampler.summary()}"
+        )
+
+        system.pilot_worker_process(pilots).stop()
+        pilots = start_pilots(system, base_env, args.many_pilots, args.many_pilots)
+        with Sampler(server_pid) as sampler:
+            rate, ok = asyncio.run(throughput(job, args.queue_jobs, pilot_deployment))
+        print(
+            f"{args.many_pilots} pilots, {args.queue_jobs} queued trivial jobs: {rate:.2f} jobs/s "
+            f"({ok} completed); {sampler.summary()}"
+        )
+    finally:
+        system.down(settings, lambda line: None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Pool sizing from the backlog (p3s's p3calc) and the jobtype tag."""
+
+from __future__ import annotations
+
+from p3s.pilots.limits import jobtype_of
+from p3s.pilots.scaling import decide, required_pilots
+
+
+def test_required_follows_backlog_within_bounds() -> None:
+    assert required_pilots(100, 0, 1, 0, 600) == 100
+    assert required_pilots(100, 0, 4, 0, 600) == 25
+    assert required_pilots(0, 0, 1, 2, 10) == 2
+    assert required_pilots(5000, 3, 1, 0, 600) == 600
+
+
+def test_grows_at_once_with_a_p3calc_message() -> None:
+    d = decide(
+        backlog=100,
+        in_flight=0,
+        slots_per_pilot=1,
+        min_pilots=0,
+        max_pilots=600,
+        held=99,
+        idle_for={},
+        idle_seconds=30,
+    )
+    assert d.submit == 1 and not d.retire
+    assert d.message.startswith("required 100, running 99, submitting 1")
+
+
+def test_shrinks_only_by_pilots_idle_long_enough() -> None:
+    d = decide(
+        backlog=0,
+        in_flight=1,
+        slots_per_pilot=1,
+        min_pilots=1,
+        max_pilots=10,
+        held=4,
+        idle_for={"a": 50.0, "b": 5.0, "c": 100.0},
+        idle_seconds=30,
+    )
+    # Required 1 (the run in flight): 3 surplus, but only a and c have been idle 30 s.
+    assert d.retire == ("c", "a") and d.submit == 0
+
+
+def test_pilots_not_started_are_dropped_first() -> None:
+    d = decide(
+        backlog=0,
+        in_flight=0,
+        slots_per_pilot=1,
+        min_pilots=0,
+        max_pilots=10,
+        held=3,
+        idle_for={"a": 999.0},
+        starting=("s1", "s2"),
+        idle_seconds=30,
+    )
+    assert d.retire == ("s1", "s2", "a")
+
+
+def test_no_change_when_sized_right() -> None:
+    d = decide(
+        backlog=2,
+        in_flight=2,
+        slots_per_pilot=2,
+        min_pilots=0,
+        max_pilots=10,
+        held=2,
+        idle_for={},
+        idle_seconds=30,
+    )
+    assert not d.changes
+
+
+def test_jobtype_tag() -> None:
+    assert jobtype_of(["p3s-job", "jobtype:evdisp"]) == "evdisp"
+    assert jobtype_of(["p3s"]) is None
