@@ -1,9 +1,9 @@
 """The pilots' work pool (type ``p3s-pilot``) and the deployments that run on it.
 
 The pool gets the same priority queues as the p3s pool (priority-10 served first). Each flow
-that should run on pilots gets a deployment ``<flow name>/pilots`` on the pool, with the same
-entrypoint as its ``prefect.yaml`` deployment: ``p3s job submit --deployment p3s-job/pilots``
-(or ``prefect deployment run``) then sends runs to the pilots.
+that should run on pilots gets a deployment ``<flow name>/<pool name>`` on the pool (for the
+default pool: ``p3s-job/p3s-pilots``), with the same entrypoint as its ``prefect.yaml``
+deployment; ``prefect deployment run 'p3s-job/p3s-pilots'`` then sends runs to the pilots.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from prefect.client.schemas.actions import DeploymentUpdate
 from p3s.settings import PROJECT_DIR
 
 PILOT_POOL_TYPE = "p3s-pilot"
-#: Deployments put on the pilot pool: name, flow entrypoint (relative to the project).
-PILOT_DEPLOYMENTS = {"pilots": ["flows/job.py:p3s_job"]}
+#: Flows deployed on the pilot pool (entrypoints relative to the project).
+PILOT_ENTRYPOINTS = ["flows/job.py:p3s_job"]
 
 
 async def ensure_pilot_pool(
@@ -27,10 +27,11 @@ async def ensure_pilot_pool(
 
 
 async def ensure_pilot_deployment(
-    client: PrefectClient, pool: str, entrypoint: str, name: str = "pilots"
+    client: PrefectClient, pool: str, entrypoint: str, name: str | None = None
 ) -> str:
-    """Create (or update) the deployment ``<flow>/<name>`` of ``entrypoint`` on ``pool``;
-    returns its full name."""
+    """Create (or update) the deployment ``<flow>/<name>`` (name: the pool's by default) of
+    ``entrypoint`` on ``pool``; returns its full name."""
+    name = name or pool
     from prefect.utilities.callables import parameter_schema
 
     from p3s.pilots.execute import load_entrypoint
@@ -58,9 +59,5 @@ async def ensure_pilot_deployment(
 
 
 async def ensure_pilot_deployments(client: PrefectClient, pool: str) -> list[str]:
-    """Every deployment of :data:`PILOT_DEPLOYMENTS` on ``pool``; returns their names."""
-    names = []
-    for name, entrypoints in PILOT_DEPLOYMENTS.items():
-        for entrypoint in entrypoints:
-            names.append(await ensure_pilot_deployment(client, pool, entrypoint, name))
-    return names
+    """A deployment of each of :data:`PILOT_ENTRYPOINTS` on ``pool``; returns their names."""
+    return [await ensure_pilot_deployment(client, pool, e) for e in PILOT_ENTRYPOINTS]
