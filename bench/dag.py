@@ -151,8 +151,10 @@ def main() -> int:
             )
             print(f"{'':>12} workflow final state: {final}", flush=True)
     finally:
-        drain()  # send the last logs while the server is up
-        down(settings, lambda line: None)
+        try:
+            drain()  # send the last logs while the server is up
+        finally:
+            down(settings, lambda line: None)
     return 0
 
 
