@@ -16,7 +16,13 @@ from p3s.settings import PROJECT_DIR
 
 PILOT_POOL_TYPE = "p3s-pilot"
 #: Flows deployed on the pilot pool (entrypoints relative to the project).
-PILOT_ENTRYPOINTS = ["flows/job.py:p3s_job"]
+PILOT_ENTRYPOINTS = [
+    "flows/job.py:p3s_job",
+    "flows/dqm.py:dqm_tpc_monitor",
+    "flows/dqm.py:dqm_purity",
+    "flows/dqm.py:dqm_evdisplay",
+    "flows/dqm.py:dqm_beam",
+]
 
 
 async def ensure_pilot_pool(

@@ -112,3 +112,31 @@ def test_scancel_of_a_busy_pilot(slurm_pilots: Pilots, raw_file: Path, tmp_path)
     assert all(p.stat().st_mtime >= float(starts[1][2]) for p in products)
     assert run(runs_in_state(slurm_pilots.pool, "RUNNING")) == 0
     wait_for(lambda: slurm_pilots.counts().get("lost", 0) > lost_before, 60, "the loss counted")
+
+
+def test_dqm_flows_run_on_slurm_pilots(slurm_pilots: Pilots, raw_file: Path) -> None:
+    """The DQM flows themselves (flows/dqm.py) as runs of their deployments on the pilot pool."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    async def go():
+        async with get_client() as client:
+            runs = []
+            for flow_name in ("dqm-beam", "dqm-tpc-monitor"):
+                deployment = await client.read_deployment_by_name(
+                    f"{flow_name}/{slurm_pilots.pool}"
+                )
+                runs.append(
+                    await client.create_flow_run_from_deployment(
+                        deployment.id, parameters={"file_url": str(raw_file), "n_events": 1}
+                    )
+                )
+            done = await wait_for_runs([r.id for r in runs], 300)
+            logs = await client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[r.id for r in runs]))
+            )
+            return done, [log.message for log in logs]
+
+    done, messages = run(go())
+    assert [r.state.type.value for r in done] == ["COMPLETED"] * 2, [r.state for r in done]
+    assert sum("p3s pilot SLURMCluster-" in m for m in messages) == 2
