@@ -167,15 +167,17 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
     async def teardown(self, *exc_info: Any) -> None:
         if self._scope is not None:
             self._scope.cancel()
-        for entry in list(self._in_flight.values()):
-            with contextlib.suppress(Exception):
-                await self._reschedule(entry.run_id, "the pilot worker stopped")
+        in_flight = list(self._in_flight)
+        # Pilots first (their children die with them), then no run may stay Running.
         if self._dask is not None:
             with contextlib.suppress(Exception):
                 await self._dask.close()
         if self._cluster is not None:
             with contextlib.suppress(Exception):
                 await self._cluster.close()
+        for run_id in in_flight:
+            with contextlib.suppress(Exception):
+                await self._reschedule(run_id, "the pilot worker stopped")
         await super().teardown(*exc_info)
 
     async def run(
