@@ -70,6 +70,13 @@ def submit(stack: Stack, template: str, **options: Any) -> str:
     return str(asyncio.run(submit_workflow(workflow, parameters)).id)
 
 
+def cli_submit(stack: Stack, *args: str) -> str:
+    """``p3s workflow submit``; returns the run id it prints."""
+    done = p3s(stack, "workflow", "submit", *args)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout.split(", run ")[-1].split()[0]
+
+
 @pytest.fixture(scope="module")
 def submitted(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Submitted]:
     from p3s.payloads.rawformat import raw_filename
@@ -98,7 +105,7 @@ def submitted(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
     ids = {
         "3filters": prefect_deployment_run(stack, "template=3filters"),
-        "twostep": submit(stack, "twostep_named_keys", fileinfo="sticky"),
+        "twostep": cli_submit(stack, "twostep_named_keys", "--fileinfo", "sticky"),
         "failure": submit(
             stack,
             "3filters",
