@@ -30,6 +30,7 @@ import signal
 import sys
 import threading
 import time
+from multiprocessing.connection import Connection, wait
 from multiprocessing.context import BaseContext
 from pathlib import Path
 from typing import Any
@@ -141,7 +142,9 @@ def _watch_pilot(pilot_pid: int, interval_s: float = 0.25) -> None:
     os._exit(ENGINE_ERROR)
 
 
-def child_main(run_id: str, entrypoint: str, pilot: str, pilot_pid: int) -> None:
+def child_main(
+    run_id: str, entrypoint: str, pilot: str, pilot_pid: int, done: Connection | None = None
+) -> None:
     """Body of the child process of one flow run (see the module docstring)."""
     _die_with_parent()
     if os.getppid() == 1:  # the fork server died before PR_SET_PDEATHSIG took effect
@@ -164,6 +167,12 @@ def child_main(run_id: str, entrypoint: str, pilot: str, pilot_pid: int) -> None
         logger.exception("the flow run could not be executed on pilot %s", pilot)
         code = ENGINE_ERROR
     finally:
+        # The run has its final state: free the pilot's slot now, and send the last logs and
+        # events (a websocket that may take seconds to open) on our own time.
+        if done is not None:
+            with contextlib.suppress(OSError):
+                done.send(code)
+                done.close()
         _flush()
     sys.exit(code)
 
@@ -218,23 +227,34 @@ def run_on_pilot(run_id: str, entrypoint: str) -> dict[str, Any]:
     pilot = str(get_worker().name)
     ctx = fork_context()
     started = time.monotonic()
+    done_r, done_w = ctx.Pipe(duplex=False)  # type: ignore[attr-defined]
     proc = ctx.Process(  # type: ignore[attr-defined]
         target=child_main,
-        args=(run_id, entrypoint, pilot, os.getpid()),
+        args=(run_id, entrypoint, pilot, os.getpid(), done_w),
         name=f"p3s-run-{run_id}",
     )
     proc.start()
+    done_w.close()
     _running[run_id] = proc
+    code: int | None = None
     try:
-        proc.join()
+        # Either the child says its run is final (it then flushes logs on its own), or it ends.
+        wait([done_r, proc.sentinel])
+        if done_r.poll():
+            with contextlib.suppress(EOFError, OSError):
+                code = done_r.recv()
+        if code is None:
+            proc.join()
+            code = proc.exitcode
     finally:
+        done_r.close()
         _running.pop(run_id, None)
     cancelled = run_id in _cancelled
     _cancelled.discard(run_id)
     return {
         "run_id": run_id,
         "pilot": pilot,
-        "exit_code": proc.exitcode,
+        "exit_code": code,
         "cancelled": cancelled,
         "seconds": round(time.monotonic() - started, 3),
     }
