@@ -34,6 +34,16 @@ date +%s.%N > "$P3S_BENCH_DIR/$P3S_JOB_UUID"
 """
 
 
+async def _pg(sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/postgres")
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -169,6 +179,11 @@ def main() -> None:
     parser.add_argument("--throughput-jobs", type=int, default=200)
     parser.add_argument("--queue-jobs", type=int, default=1000)
     parser.add_argument("--many-pilots", type=int, default=8)
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="Prefect database on PostgreSQL at 127.0.0.1:5432 (SQLite locks up under load)",
+    )
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="p3s-bench-pilots-"))
@@ -186,6 +201,12 @@ def main() -> None:
         "P3S_PILOTS__CLUSTER": "local",
         "P3S_PILOTS__IDLE_SECONDS": "600",
     }
+    dbname = f"p3s_bench_{os.getpid()}"
+    if args.postgres:
+        asyncio.run(_pg(f'CREATE DATABASE "{dbname}"'))
+        base_env["P3S_SERVER__DATABASE_URL"] = (
+            f"postgresql+asyncpg://postgres@127.0.0.1:5432/{dbname}"
+        )
     os.environ.update(base_env)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from p3s import system
@@ -196,6 +217,7 @@ def main() -> None:
     settings = Settings()
     apply_client_environment(settings)
     base_lat, base_rate = baseline(script, marks, 100)
+    print(f"Prefect database: {'PostgreSQL' if args.postgres else 'SQLite'}")
     print(
         f"baseline (bare subprocess loop): start latency p50 {pct(base_lat, 0.5) * 1e3:.1f} ms, "
         f"p95 {pct(base_lat, 0.95) * 1e3:.1f} ms; {base_rate:.1f} jobs/s"
@@ -244,6 +266,8 @@ def main() -> None:
         )
     finally:
         system.down(settings, lambda line: None)
+        if args.postgres:
+            asyncio.run(_pg(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'))
 
 
 if __name__ == "__main__":
