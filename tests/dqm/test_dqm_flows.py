@@ -28,7 +28,13 @@ from p3s.datatypes import DQM_DEPLOYMENTS
 from tests.conftest import Stack, wait_for_runs
 from tests.dqm.conftest import drain_prefect_clients
 
-pytestmark = pytest.mark.integration
+# The Prefect database does not change this path: it runs on the SQLite stack only (the
+# PostgreSQL stack runs tests/integration/test_jobs_on_server.py, the catalog is tested on
+# PostgreSQL in test_catalog.py); this keeps the suite within its time budget.
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.parametrize("stack", ["sqlite"], indirect=True),
+]
 PAYLOADS = list(DQM_DEPLOYMENTS)
 GOOD = raw_filename(42, 7)
 

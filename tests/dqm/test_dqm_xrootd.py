@@ -23,7 +23,13 @@ from tests.conftest import Stack
 from tests.dqm.conftest import drain_prefect_clients
 from tests.xrootd_server import XRootDServer
 
-pytestmark = pytest.mark.integration
+# The Prefect database does not change this path: it runs on the SQLite stack only (the
+# PostgreSQL stack runs tests/integration/test_jobs_on_server.py, the catalog is tested on
+# PostgreSQL in test_catalog.py); this keeps the suite within its time budget.
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.parametrize("stack", ["sqlite"], indirect=True),
+]
 
 
 @pytest.fixture

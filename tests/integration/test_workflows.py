@@ -22,7 +22,13 @@ import pytest
 
 from tests.conftest import SCRIPTS, Stack, wait_for_runs
 
-pytestmark = pytest.mark.integration
+# The Prefect database does not change this path: it runs on the SQLite stack only (the
+# PostgreSQL stack runs tests/integration/test_jobs_on_server.py, the catalog is tested on
+# PostgreSQL in test_catalog.py); this keeps the suite within its time budget.
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.parametrize("stack", ["sqlite"], indirect=True),
+]
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = ROOT / "tests" / "data" / "p3s-reference" / "workflows"
 MALFORMED = ROOT / "tests" / "data" / "graphml"
