@@ -16,49 +16,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from benchlib import baseline, free_port, pct, wait_started
+
 PAYLOAD = """#!/bin/sh
 date +%s.%N > "$P3S_BENCH_DIR/$P3S_JOB_UUID"
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def baseline(script: Path, marks: Path, n: int) -> tuple[list[float], float]:
-    """Bare subprocess loop: per-job latency to payload start, and jobs per second."""
-    latencies = []
-    started = time.time()
-    for i in range(n):
-        t0 = time.time()
-        env = {**os.environ, "P3S_BENCH_DIR": str(marks), "P3S_JOB_UUID": f"base-{i}"}
-        subprocess.run([str(script)], env=env, check=True)
-        latencies.append(float((marks / f"base-{i}").read_text()) - t0)
-    return latencies, n / (time.time() - started)
-
-
-async def wait_started(path: Path, timeout_s: float = 300) -> float:
-    deadline = time.monotonic() + timeout_s
-    while not path.exists() or not path.read_text().strip():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"payload {path.name} did not start in {timeout_s} s")
-        await asyncio.sleep(0.02)
-    return float(path.read_text())
 
 
 async def segments(client, run_id) -> dict[str, float]:

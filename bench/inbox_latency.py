@@ -29,13 +29,13 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from benchlib import free_port, pct
 from prefect import flow
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -46,17 +46,6 @@ BENCH_TYPE = "bench"
 def bench_noop(file_url: str) -> str:
     """Does nothing: the benchmark times how fast it starts."""
     return file_url
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def bare_baseline(folder: Path, n: int) -> list[float]:
