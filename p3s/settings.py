@@ -38,6 +38,36 @@ class ServerSettings(BaseModel):
         None,
         description="URL of an external Prefect API; None means the embedded server's.",
     )
+    redis_url: str | None = Field(
+        None,
+        description="Redis URL (redis://host:6379/0) for the server's messaging, event "
+        "ordering, concurrency leases and background tasks; None keeps them in memory.",
+    )
+    production: bool = Field(
+        False,
+        description="Production profile: PostgreSQL and Redis on this host unless "
+        "database_url and redis_url name others (`p3s up --production`).",
+    )
+    production_database_url: str = Field(
+        "postgresql+asyncpg://postgres@127.0.0.1:5432/p3s_prefect",
+        description="The Prefect database of the production profile (created if missing).",
+    )
+    production_redis_url: str = Field(
+        "redis://127.0.0.1:6379/0", description="The Redis of the production profile."
+    )
+    flow_run_retention_days: float | None = Field(
+        14.0,
+        gt=1 / 24,
+        description="Finished flow runs older than this (by end time) are deleted with their "
+        "task runs, logs and artifacts by the server's vacuum (DQM results stay in the "
+        "catalog); None keeps them for ever.",
+    )
+    event_retention_days: float = Field(
+        7.0, description="Events older than this are deleted by the server's vacuum."
+    )
+    vacuum_seconds: float = Field(
+        3600.0, gt=0, description="How often the server's vacuum looks for old runs (s)."
+    )
 
 
 class PoolSettings(BaseModel):
@@ -246,9 +276,18 @@ class Settings(BaseSettings):
 
     @property
     def prefect_database_url(self) -> str:
-        return self.server.database_url or (
-            f"sqlite+aiosqlite:///{self.prefect_home / 'prefect.db'}"
-        )
+        if self.server.database_url:
+            return self.server.database_url
+        if self.server.production:
+            return self.server.production_database_url
+        return f"sqlite+aiosqlite:///{self.prefect_home / 'prefect.db'}"
+
+    @property
+    def prefect_redis_url(self) -> str | None:
+        """Redis of the Prefect server, or None for its in-memory messaging."""
+        if self.server.redis_url:
+            return self.server.redis_url
+        return self.server.production_redis_url if self.server.production else None
 
 
 @lru_cache
