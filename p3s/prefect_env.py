@@ -30,6 +30,41 @@ def server_environment(settings: Settings) -> dict[str, str]:
         # SQLite on a shared disk: give writers time instead of failing at once.
         "PREFECT_API_DATABASE_TIMEOUT": "30",
         "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+        **retention_environment(settings),
+        **redis_environment(settings.prefect_redis_url),
+    }
+
+
+def retention_environment(settings: Settings) -> dict[str, str]:
+    """Prefect's own vacuum keeps the run history bounded (runs, logs, artifacts, events)."""
+    server = settings.server
+    env = {
+        # ISO 8601: this timedelta setting refuses plain seconds.
+        "PREFECT_SERVER_EVENTS_RETENTION_PERIOD": f"PT{int(server.event_retention_days * 86400)}S",
+        "PREFECT_SERVER_SERVICES_DB_VACUUM_LOOP_SECONDS": str(server.vacuum_seconds),
+        "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED": "events",
+    }
+    if server.flow_run_retention_days is not None:
+        days = server.flow_run_retention_days
+        env["PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED"] = "events,flow_runs"
+        env["PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD"] = str(int(days * 86400))
+    return env
+
+
+def redis_environment(redis_url: str | None) -> dict[str, str]:
+    """Point the server's messaging, event ordering, leases and docket at Redis (prefect-redis).
+
+    Without Redis these live in the server's memory: fine for one process, lost on restart.
+    """
+    if not redis_url:
+        return {}
+    return {
+        "PREFECT_MESSAGING_BROKER": "prefect_redis.messaging",
+        "PREFECT_MESSAGING_CACHE": "prefect_redis.messaging",
+        "PREFECT_SERVER_EVENTS_CAUSAL_ORDERING": "prefect_redis.ordering",
+        "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect_redis.lease_storage",
+        "PREFECT_REDIS_MESSAGING_URL": redis_url,
+        "PREFECT_SERVER_DOCKET_URL": redis_url,
     }
 
 
