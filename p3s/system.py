@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 
+from p3s import backends
 from p3s.prefect_env import client_environment, server_environment
 from p3s.services import ManagedProcess
 from p3s.settings import PROJECT_DIR, Settings
@@ -70,6 +71,7 @@ def start_server(settings: Settings, report: Report) -> None:
         wait_for_api(settings.api_url, 60)
         report(f"using the Prefect API at {settings.api_url}")
         return
+    backends.prepare(settings, report)  # PostgreSQL database created if missing; Redis checked
     settings.prefect_home.mkdir(parents=True, exist_ok=True)
     proc = server_process(settings)
     if proc.process() is None and api_healthy(settings.api_url):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -21,8 +23,18 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(1)
 
 
-def up() -> None:
+def up(
+    production: bool = typer.Option(
+        False,
+        "--production",
+        help="Prefect server on PostgreSQL and Redis (P3S_SERVER__PRODUCTION=true).",
+    ),
+) -> None:
     """Bring the system up on this machine: Prefect server, work pool, deployments, worker."""
+    if production:
+        # Through the environment, so that every process `up` starts sees the same profile.
+        os.environ["P3S_SERVER__PRODUCTION"] = "true"
+        get_settings.cache_clear()
     settings = get_settings()
     console.print(f"[bold]p3s up[/bold]  home {settings.home}")
     steps = [
