@@ -10,6 +10,13 @@ if command -v pg_lsclusters >/dev/null && ! pg_lsclusters -h 2>/dev/null | grep 
   echo "==> starting PostgreSQL"
   pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
 fi
+# Redis (the production server's messaging) likewise; it keeps nothing on disk.
+if command -v redis-server >/dev/null && ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+  echo "==> starting Redis"
+  mkdir -p /var/lib/redis /var/log/redis
+  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+    --dir /var/lib/redis --logfile /var/log/redis/ci.log || true
+fi
 
 set +e
 .venv/bin/python -m pytest "$@"
