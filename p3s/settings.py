@@ -174,6 +174,70 @@ class PilotSettings(BaseModel):
     scale_seconds: float = Field(2.0, description="How often the pool size is reconsidered (s).")
 
 
+class AlarmSettings(BaseModel):
+    """Alarms: the automations of automations/, their thresholds and where they notify.
+
+    ``p3s alarms apply`` renders the thresholds into the automations; change one, apply again.
+    """
+
+    webhook_url: str | None = Field(
+        None, description="URL that gets each alarm as a generic JSON POST; None: no such target."
+    )
+    chat_url: str | None = Field(
+        None,
+        description='Slack or Mattermost incoming-webhook URL (a {"text": ...} POST); '
+        "None: no such target.",
+    )
+    email_to: list[str] = Field(
+        default_factory=list, description="Addresses that get each alarm by e-mail (SMTP)."
+    )
+    email_from: str = Field("p3s@localhost", description="Sender of the alarm e-mails.")
+    smtp_host: str | None = Field(None, description="SMTP server; None: no e-mail is sent.")
+    smtp_port: int = Field(25, description="Port of the SMTP server.")
+    smtp_username: str | None = Field(None, description="SMTP login; None: no login.")
+    smtp_password: str | None = Field(None, description="SMTP password (kept in a block).")
+    smtp_starttls: bool = Field(False, description="Upgrade the SMTP connection with STARTTLS.")
+    cooldown_seconds: float = Field(
+        600.0,
+        description="After an alarm fired, the same alarm (same flow, pool or quantity) "
+        "stays quiet this long: one notification per incident (s).",
+    )
+    no_file_seconds: float = Field(
+        600.0, description="While data taking is on, alarm when no file arrived this long (s)."
+    )
+    pilots_lost_count: int = Field(
+        3, ge=1, description="Alarm when this many pilots of a pool are lost within the cooldown."
+    )
+    storage_failures_count: int = Field(
+        5, ge=1, description="Alarm when this many storage tries fail within the window."
+    )
+    storage_window_seconds: float = Field(
+        300.0, description="Window over which storage failures are counted (s)."
+    )
+    lifetime_min_ms: float = Field(
+        3.0, description="Alarm when a TPC's electron lifetime is below this (ms)."
+    )
+    noisy_channels_max: int = Field(
+        20, ge=0, description="Alarm when an APA plane has more noisy channels than this."
+    )
+
+
+class UiSettings(BaseModel):
+    """The shifters' content app (``p3s ui serve``; started by ``p3s up``)."""
+
+    host: str = Field("127.0.0.1", description="Address the content app binds to.")
+    port: int = Field(4300, description="Port of the content app.")
+    base_url: str | None = Field(
+        None,
+        description="URL shifters reach the app at (behind a front end, say); None means "
+        "http://HOST:PORT. Artifacts of DQM runs link to pages under it.",
+    )
+    refresh_seconds: int = Field(
+        30, ge=0, description="Pages reload themselves this often (s); 0 turns it off."
+    )
+    page_size: int = Field(50, ge=1, le=1000, description="Rows per page of long tables.")
+
+
 class Settings(BaseSettings):
     """The root of every p3s setting."""
 
@@ -213,6 +277,8 @@ class Settings(BaseSettings):
     inbox: InboxSettings = Field(default_factory=InboxSettings)
     workflow: WorkflowSettings = Field(default_factory=WorkflowSettings)
     pilots: PilotSettings = Field(default_factory=PilotSettings)
+    ui: UiSettings = Field(default_factory=UiSettings)
+    alarms: AlarmSettings = Field(default_factory=AlarmSettings)
 
     @field_validator("payload_roots", mode="before")
     @classmethod
@@ -273,6 +339,11 @@ class Settings(BaseSettings):
     @property
     def api_url(self) -> str:
         return self.server.api_url or f"http://{self.server.host}:{self.server.port}/api"
+
+    @property
+    def ui_url(self) -> str:
+        """Where shifters open the content app (no trailing slash)."""
+        return (self.ui.base_url or f"http://{self.ui.host}:{self.ui.port}").rstrip("/")
 
     @property
     def prefect_database_url(self) -> str:
