@@ -238,22 +238,6 @@ class UiSettings(BaseModel):
     page_size: int = Field(50, ge=1, le=1000, description="Rows per page of long tables.")
 
 
-class UiSettings(BaseModel):
-    """The shifters' content app (``p3s ui serve``; started by ``p3s up``)."""
-
-    host: str = Field("127.0.0.1", description="Address the content app binds to.")
-    port: int = Field(4300, description="Port of the content app.")
-    base_url: str | None = Field(
-        None,
-        description="URL shifters reach the app at (behind a front end, say); None means "
-        "http://HOST:PORT. Artifacts of DQM runs link to pages under it.",
-    )
-    refresh_seconds: int = Field(
-        30, ge=0, description="Pages reload themselves this often (s); 0 turns it off."
-    )
-    page_size: int = Field(50, ge=1, le=1000, description="Rows per page of long tables.")
-
-
 class Settings(BaseSettings):
     """The root of every p3s setting."""
 
@@ -293,7 +277,6 @@ class Settings(BaseSettings):
     inbox: InboxSettings = Field(default_factory=InboxSettings)
     workflow: WorkflowSettings = Field(default_factory=WorkflowSettings)
     pilots: PilotSettings = Field(default_factory=PilotSettings)
-    ui: UiSettings = Field(default_factory=UiSettings)
     ui: UiSettings = Field(default_factory=UiSettings)
     alarms: AlarmSettings = Field(default_factory=AlarmSettings)
 
@@ -356,11 +339,6 @@ class Settings(BaseSettings):
     @property
     def api_url(self) -> str:
         return self.server.api_url or f"http://{self.server.host}:{self.server.port}/api"
-
-    @property
-    def ui_url(self) -> str:
-        """Where shifters open the content app (no trailing slash)."""
-        return (self.ui.base_url or f"http://{self.ui.host}:{self.ui.port}").rstrip("/")
 
     @property
     def ui_url(self) -> str:
