@@ -58,6 +58,8 @@ CHUNK = 4 * 1024 * 1024
 """Bytes read at a time when checksumming (4 MiB)."""
 _MISSING_MARKERS = ("[3011]", "no such file")
 _REFUSED_MARKERS = ("[3010]", "permission denied", "not authorized")
+FAILED_EVENT = "p3s.storage.failed"
+"""Emitted for every failed try of a transfer (retried or final)."""
 
 
 class StorageError(RuntimeError):
@@ -170,12 +172,49 @@ def _with_retries(
             if not isinstance(error, StorageUnavailable):
                 raise error from exc
         on_error()
+        _announce_failure(error, url, action, attempt, retry.attempts)
         if attempt == retry.attempts:
             raise error
         delay = retry.backoff_s * 2 ** (attempt - 1)
         log.warning("%s (try %d of %d); again in %.1f s", error, attempt, retry.attempts, delay)
         time.sleep(delay)
     raise AssertionError("unreachable")
+
+
+def _announce_failure(
+    error: StorageError, url: str, action: str, attempt: int, attempts: int
+) -> None:
+    """Emit ``p3s.storage.failed`` for one failed try (the storage-failure alarm counts them).
+
+    Only when a Prefect API is configured: without one Prefect would start a server of its
+    own. Announcing never fails the transfer.
+    """
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        return
+    try:
+        from prefect.events import emit_event
+
+        host = urlsplit(url).hostname or "local"
+        emit_event(
+            event=FAILED_EVENT,
+            resource={
+                "prefect.resource.id": f"p3s.storage.{host}",
+                "prefect.resource.name": host,
+                "p3s.storage.host": host,
+            },
+            payload={
+                "url": url,
+                "action": action,
+                "error": str(error),
+                "kind": type(error).__name__,
+                "attempt": attempt,
+                "attempts": attempts,
+            },
+        )
+    except Exception:  # noqa: BLE001 - an alarm event is best effort
+        log.debug("could not emit %s for %s", FAILED_EVENT, url, exc_info=True)
 
 
 def _invalidate(fs: fsspec.AbstractFileSystem) -> Callable[[], None]:
