@@ -20,7 +20,7 @@ from typing import Any
 
 from p3s.payloads.rawformat import RawFormatError, parse_filename
 from p3s.tasks.analyse import analyse
-from p3s.tasks.publish import emit_finished, publish_artifacts, record_result
+from p3s.tasks.publish import emit_finished, emit_values, publish_artifacts, record_result
 from p3s.tasks.stage import stage_in, stage_out
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
@@ -105,6 +105,7 @@ def run_dqm(payload: str, file_url: str, n_events: int | None) -> State[Any]:
         products=products,
         outbox_url=outbox,
     )
+    emit_values(payload, file_name=raw.name, run=raw.run, subrun=raw.subrun, summary=result.summary)
     emit_finished(
         payload,
         file_url=raw.url,

@@ -6,6 +6,9 @@
   error in ms, count), as p3s's purity page listed them. Keys are ``<payload>-runRRRRRR-SSSS``
   (lowercase and dashes), so each run/subrun has one artifact history per payload.
 - :func:`emit_finished` emits ``p3s.dqm.finished`` for the file life cycle and transport.
+- :func:`emit_values` emits ``p3s.dqm.value`` per alarmed quantity (electron lifetime per TPC,
+  noisy channels per APA plane), the value also as a sortable label that the alarms'
+  thresholds match (:mod:`p3s.alarms.ranges`).
 """
 
 from __future__ import annotations
@@ -19,9 +22,13 @@ from typing import Any
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.events import emit_event
 
+from p3s.alarms.ranges import sortable
 from p3s.catalog import ProductInfo, open_catalog
 
 FINISHED_EVENT = "p3s.dqm.finished"
+VALUE_EVENT = "p3s.dqm.value"
+#: Decimals of each alarmed quantity's sortable label.
+VALUE_DECIMALS = {"lifetime_ms": 3, "noisy_channels": 0}
 
 
 def artifact_key(kind: str, payload: str, run: int, subrun: int) -> str:
@@ -230,3 +237,49 @@ def emit_finished(
         resource=resource,
         payload={"reason": reason, "run": run, "subrun": subrun},
     )
+
+
+def dqm_values(payload: str, summary: Mapping[str, Any]) -> list[tuple[str, str, float]]:
+    """The alarmed quantities of one summary: (quantity, where, value), finite values only."""
+    values: list[tuple[str, str, float]] = []
+    if payload == "purity":
+        for row in summary.get("purity", []):
+            values.append(("lifetime_ms", f"TPC {row['tpc']}", row.get("lifetime_ms")))
+    elif payload == "tpc_monitor":
+        for row in summary.get("planes", []):
+            plane = row.get("plane_name", row.get("plane"))
+            values.append(("noisy_channels", f"APA {row['apa']} plane {plane}", row["n_noisy"]))
+    return [
+        (quantity, where, float(value))
+        for quantity, where, value in values
+        if value is not None and math.isfinite(float(value))
+    ]
+
+
+def emit_values(
+    payload: str, *, file_name: str, run: int, subrun: int, summary: Mapping[str, Any]
+) -> None:
+    """Emit ``p3s.dqm.value`` for each alarmed quantity of one payload's summary."""
+    for quantity, where, value in dqm_values(payload, summary):
+        place = where.lower().replace(" ", "-")
+        emit_event(
+            event=VALUE_EVENT,
+            resource={
+                "prefect.resource.id": f"p3s.dqm.value.{quantity}.{file_name}.{place}",
+                "prefect.resource.name": f"{quantity} {where} of {file_name}",
+                "p3s.quantity": quantity,
+                "p3s.value": _number(value),
+                "p3s.value.sortable": sortable(value, VALUE_DECIMALS[quantity]),
+                "p3s.file.name": file_name,
+                "p3s.run": str(run),
+                "p3s.payload": payload,
+            },
+            payload={
+                "quantity": quantity,
+                "where": where,
+                "value": value,
+                "run": run,
+                "subrun": subrun,
+                "file": file_name,
+            },
+        )
