@@ -236,6 +236,9 @@ class UiSettings(BaseModel):
         30, ge=0, description="Pages reload themselves this often (s); 0 turns it off."
     )
     page_size: int = Field(50, ge=1, le=1000, description="Rows per page of long tables.")
+    inbox_max_files: int = Field(
+        100, ge=0, description="The dashboard's status is FAIL when more files wait in the inbox."
+    )
 
 
 class Settings(BaseSettings):
