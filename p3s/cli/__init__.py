@@ -12,11 +12,13 @@ from rich.console import Console
 from p3s.prefect_env import apply_client_environment
 from p3s.settings import get_settings
 
+from . import alarms as alarms_commands
 from . import dqm as dqm_commands
 from . import inbox as inbox_commands
 from . import job as job_commands
 from . import pilots as pilots_commands
 from . import system as system_commands
+from . import ui as ui_commands
 from . import workflow as workflow_commands
 from .demo import demo
 from .simulate import register as register_simulate
@@ -42,6 +44,8 @@ app.add_typer(pilots_commands.app, name="pilots")
 app.add_typer(dqm_commands.app, name="dqm")
 app.add_typer(inbox_commands.app, name="inbox")
 app.add_typer(workflow_commands.app, name="workflow")
+app.add_typer(alarms_commands.app, name="alarms")
+app.add_typer(ui_commands.app, name="ui")
 
 register_simulate(app)
 
