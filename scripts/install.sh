@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the system and its tests use. Later capabilities (XRootD, Slurm, Chromium)
 # add theirs here.
-APT_PACKAGES=(python3-venv procps xrootd-server xrootd-client slurm-wlm munge)
+APT_PACKAGES=(python3-venv procps xrootd-server xrootd-client slurm-wlm munge chromium chromium-driver)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
