@@ -1,0 +1,124 @@
+"""Plots the payloads do not draw, rendered server-side into PNG bytes and cached.
+
+Each renderer takes plain data (what :mod:`.content` read) and returns PNG bytes; the cache key
+is the data itself, so a plot is drawn again only when its numbers changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+
+_CACHE: OrderedDict[str, bytes] = OrderedDict()
+_LOCK = threading.Lock()
+_CACHE_SIZE = 256
+
+
+def cached_png(kind: str, data: object, draw: Callable[[], Figure]) -> bytes:
+    """The PNG of ``draw()``, reused while ``kind`` and ``data`` stay the same."""
+    key = hashlib.sha256(f"{kind}|{data!r}".encode()).hexdigest()
+    with _LOCK:
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+    png = _png(draw())
+    with _LOCK:
+        _CACHE[key] = png
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return png
+
+
+def _png(fig: Figure) -> bytes:
+    FigureCanvasAgg(fig)
+    out = io.BytesIO()
+    fig.savefig(out, format="png", dpi=90)
+    return out.getvalue()
+
+
+def _time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def lifetime_vs_time(label: str, points: Sequence[tuple[str, float, float]]) -> bytes:
+    """Electron lifetime (ms) with its error against time, for one TPC."""
+
+    def draw() -> Figure:
+        fig = Figure(figsize=(6.4, 3.2))
+        ax = fig.add_subplot()
+        if points:
+            times = [_time(t) for t, _, _ in points]
+            ax.errorbar(times, [v for _, v, _ in points], yerr=[e for _, _, e in points], fmt="o")
+            fig.autofmt_xdate()
+        else:
+            ax.text(0.5, 0.5, "no lifetime measured", ha="center", transform=ax.transAxes)
+        ax.set_title(f"{label}: electron lifetime")
+        ax.set_ylabel("lifetime [ms]")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        return fig
+
+    return cached_png("lifetime", (label, tuple(points)), draw)
+
+
+def noisy_trend(points: Sequence[tuple[int, int, int]]) -> bytes:
+    """Noisy and dead channel counts per run."""
+
+    def draw() -> Figure:
+        fig = Figure(figsize=(6.4, 3.2))
+        ax = fig.add_subplot()
+        runs = [str(r) for r, _, _ in points]
+        ax.plot(runs, [n for _, n, _ in points], "o-", label="noisy")
+        ax.plot(runs, [d for _, _, d in points], "s--", label="dead")
+        ax.set_xlabel("run")
+        ax.set_ylabel("channels")
+        ax.set_title("noisy and dead channels per run")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        return fig
+
+    return cached_png("noisy-trend", tuple(points), draw)
+
+
+def channel_map(title: str, rows: Sequence[dict[str, str]]) -> bytes:
+    """Dead (black) and noisy (red) channels per APA and plane, wire along x.
+
+    Args:
+        rows: the TPC monitor's ``channels.csv`` rows (apa, plane, wire, dead, noisy).
+    """
+    cells: dict[tuple[int, int], dict[int, int]] = {}
+    for row in rows:
+        status = 2 if row["dead"] == "True" else 1 if row["noisy"] == "True" else 0
+        cells.setdefault((int(row["apa"]), int(row["plane"])), {})[int(row["wire"])] = status
+    keys = sorted(cells)
+
+    def draw() -> Figure:
+        fig = Figure(figsize=(6.4, 0.6 + 0.5 * max(1, len(keys))))
+        ax = fig.add_subplot()
+        width = max((max(c) + 1 for c in cells.values()), default=1)
+        grid = [[cells[k].get(w, -1) for w in range(width)] for k in keys] or [[-1]]
+        cmap = ListedColormap(["#eeeeee", "#9ccc65", "#e53935", "#212121"])
+        ax.imshow(
+            [[v + 1 for v in line] for line in grid],
+            aspect="auto",
+            cmap=cmap,
+            vmin=0,
+            vmax=3,
+            interpolation="nearest",
+        )
+        ax.set_yticks(range(len(keys)), [f"APA {a} {'UVX'[p]}" for a, p in keys])
+        ax.set_xlabel("wire (green: good, red: noisy, black: dead)")
+        ax.set_title(title)
+        fig.tight_layout()
+        return fig
+
+    return cached_png("channel-map", (title, sorted(cells.items())), draw)
