@@ -1,8 +1,9 @@
 """Publishing what a DQM flow found: catalog rows, Prefect artifacts, the finished event.
 
 - :func:`record_result` writes the DQM catalog (idempotent: a retried run replaces its rows).
-- :func:`publish_artifacts` creates a markdown summary with the payload's key numbers, and for
-  the purity monitor a table artifact with one row per TPC (run, TPC, timestamp, lifetime and
+- :func:`publish_artifacts` creates a markdown summary with the payload's key numbers, a link
+  artifact to the file's page in the content app (``settings.ui_url``), and for the purity
+  monitor a table artifact with one row per TPC (run, TPC, timestamp, lifetime and
   error in ms, count), as p3s's purity page listed them. Keys are ``<payload>-runRRRRRR-SSSS``
   (lowercase and dashes), so each run/subrun has one artifact history per payload.
 - :func:`emit_finished` emits ``p3s.dqm.finished`` for the file life cycle and transport.
@@ -19,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from p3s.ui_extensions.artifacts import publish_page_link
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.events import emit_event
 
@@ -171,7 +173,8 @@ def publish_artifacts(
     products: Sequence[ProductInfo],
     outbox_url: str,
 ) -> None:
-    """Create the run's artifacts: a markdown summary; for purity also a table."""
+    """Create the run's artifacts: a markdown summary, a link to its content page; for purity
+    also a table."""
     create_markdown_artifact(
         summary_markdown(
             payload,
@@ -185,6 +188,7 @@ def publish_artifacts(
         key=artifact_key("summary", payload, run, subrun),
         description=f"DQM {payload} of {file_name}",
     )
+    publish_page_link(payload, run, subrun)
     if payload == "purity":
         rows = [
             {
