@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
 import sys
@@ -231,6 +232,36 @@ def main() -> None:
         print(
             f"{args.many_pilots} pilots, {args.queue_jobs} queued trivial jobs: {rate:.2f} jobs/s "
             f"({ok} completed); {sampler.summary()}"
+        )
+        # One machine-readable line for bench/run_all.py.
+        print(
+            "BENCH "
+            + json.dumps(
+                {
+                    "bench": "pilots",
+                    "figures": [
+                        {
+                            "figure": "warm pilot submit -> start p50 (s)",
+                            "value": pct(pilot_lat, 0.5),
+                            "baseline": pct(proc_lat, 0.5),
+                            "baseline_label": "process worker",
+                        },
+                        {
+                            "figure": "warm pilot submit -> start p95 (s)",
+                            "value": pct(pilot_lat, 0.95),
+                            "baseline": pct(proc_lat, 0.95),
+                            "baseline_label": "process worker",
+                        },
+                        {
+                            "figure": f"{args.queue_jobs} queued jobs on "
+                            f"{args.many_pilots} pilots (jobs/s)",
+                            "value": rate,
+                            "baseline": base_rate,
+                            "baseline_label": "bare subprocess loop",
+                        },
+                    ],
+                }
+            )
         )
     finally:
         system.down(settings, lambda line: None)
