@@ -179,6 +179,18 @@ def report(rows: list[dict[str, float]], bare: list[float]) -> None:
     goal = "met" if p50 <= 2 and p95 <= 5 else "not met"
     print(f"goal p50 <= 2 s and p95 <= 5 s: {goal} (p50 {p50:.2f} s, p95 {p95:.2f} s)")
     print(f"mean total {statistics.mean(total):.2f} s")
+    # One machine-readable line for bench/run_all.py.
+    base = "scan+claim+emit"
+    figures = [
+        {
+            "figure": f"complete -> Running {q} (s)",
+            "value": v,
+            "baseline": b,
+            "baseline_label": base,
+        }
+        for q, v, b in (("p50", p50, pct(announce, 0.5)), ("p95", p95, pct(announce, 0.95)))
+    ]
+    print("BENCH " + json.dumps({"bench": "inbox_latency", "files": len(rows), "figures": figures}))
 
 
 def main() -> None:
