@@ -20,6 +20,7 @@ near 1 for XRootD (network bound) is what to expect.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -105,6 +106,28 @@ def main() -> int:
             f"  stage_out / xrdcp upload: x"
             f"{xrd_times['storage.stage_out'] / xrd_times['xrdcp upload (bare)']:.2f}"
         )
+        figures = [
+            (f"local stage-in {args.size_mb} MB (s)", local_times, "storage.stage_in", "copyfile"),
+            (
+                f"local stage-out {args.size_mb} MB (s)",
+                local_times,
+                "storage.stage_out",
+                "copyfile",
+            ),
+            (f"XRootD stage-in {args.size_mb} MB (s)", xrd_times, "storage.stage_in", "download"),
+            (f"XRootD stage-out {args.size_mb} MB (s)", xrd_times, "storage.stage_out", "upload"),
+        ]
+        bare = {
+            "copyfile": local_times["shutil.copyfile (bare)"],
+            "download": xrd_times["xrdcp download (bare)"],
+            "upload": xrd_times["xrdcp upload (bare)"],
+        }
+        labels = {"copyfile": "shutil.copyfile", "download": "xrdcp", "upload": "xrdcp"}
+        rows = [
+            {"figure": f, "value": t[k], "baseline": bare[b], "baseline_label": labels[b]}
+            for f, t, k, b in figures
+        ]
+        print("BENCH " + json.dumps({"bench": "storage", "figures": rows}))
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
