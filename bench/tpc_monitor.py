@@ -162,6 +162,21 @@ def main(argv: list[str] | None = None) -> int:
         f"  peak RSS of a fresh process: {peak['maxrss_mb']:.0f} MB "
         f"(imports alone {imports['maxrss_mb']:.0f} MB; goal < 2000 MB)"
     )
+    figures = [
+        {
+            "figure": "TPC monitor, one full event (s)",
+            "value": times["tpc_monitor"],
+            "baseline": numpy_best,
+            "baseline_label": "fastest bare numpy",
+        },
+        {
+            "figure": f"peak RSS, {args.events}-event file (MB)",
+            "value": peak["maxrss_mb"],
+            "baseline": imports["maxrss_mb"],
+            "baseline_label": "imports alone",
+        },
+    ]
+    print("BENCH " + json.dumps({"bench": "tpc_monitor", "figures": figures}))
     return 0
 
 
