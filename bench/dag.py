@@ -20,6 +20,7 @@ Run: ``.venv/bin/python bench/dag.py [--nodes 1000] [--nodes 200 ...]``
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -135,6 +136,7 @@ def main() -> int:
             f"{'dask s':>8} {'ms/node':>8} {'ratio':>7}",
             flush=True,
         )
+        figures = []
         for n in sizes:
             dask_s = run_dask(n)
             flow_s, drained_s, final = run_workflow(n, home)
@@ -145,6 +147,15 @@ def main() -> int:
                 flush=True,
             )
             print(f"{'':>12} workflow final state: {final}", flush=True)
+            figures.append(
+                {
+                    "figure": f"p3s-workflow, {nodes}-node DAG (ms/node)",
+                    "value": 1000 * drained_s / nodes,
+                    "baseline": 1000 * dask_s / nodes,
+                    "baseline_label": "plain Dask futures",
+                }
+            )
+        print("BENCH " + json.dumps({"bench": "dag", "figures": figures}))
     finally:
         try:
             drain()  # send the last logs while the server is up
