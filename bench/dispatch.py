@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
 import sys
@@ -134,6 +135,19 @@ def main() -> None:
         f"({res['throughput_ok']} completed; baseline {base_rate:.1f} jobs/s, "
         f"ratio {base_rate / res['throughput']:.0f}x slower)"
     )
+    bare = "bare subprocess loop"
+    figures = [
+        {"figure": "submit -> start p50 (s)", "value": p50, "baseline": pct(base_lat, 0.5)},
+        {"figure": "submit -> start p95 (s)", "value": p95, "baseline": pct(base_lat, 0.95)},
+        {
+            "figure": f"{args.throughput_jobs} jobs at once (jobs/s)",
+            "value": res["throughput"],
+            "baseline": base_rate,
+        },
+    ]
+    for figure in figures:
+        figure["baseline_label"] = bare
+    print("BENCH " + json.dumps({"bench": "dispatch", "figures": figures}))
 
 
 if __name__ == "__main__":
