@@ -77,13 +77,14 @@ def webhook_payload(kind: str, alarm: str, subject: str, body: str) -> str:
         "{"
         f'"alarm": {json.dumps(alarm)}, '
         '"subject": {{ subject | tojson }}, '
-        '"message": {{ message | tojson }}, '
+        '"message": {{ message | tojson }}'
+        "{% if event %}, "
         '"event": {{ event.event | tojson }}, '
         '"occurred": {{ event.occurred | string | tojson }}, '
         '"resource": {{ event.resource | tojson }}, '
         '"payload": {{ event.payload | tojson }}, '
         '"event_url": {{ event.url | tojson }}'
-        "}"
+        "{% endif %}}"
     )
 
 

@@ -40,6 +40,9 @@ def receiver() -> Iterator[Receiver]:
     box: list[Receiver] = []
 
     class Handler(BaseHTTPRequestHandler):
+        # Keep-alive like a real webhook service: Prefect's client pools its connections.
+        protocol_version = "HTTP/1.1"
+
         def do_POST(self) -> None:  # noqa: N802 - the http.server hook name
             raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             try:
@@ -49,6 +52,7 @@ def receiver() -> Iterator[Receiver]:
             with box[0].lock:
                 box[0].posts.append((self.path, body))
             self.send_response(200)
+            self.send_header("Content-Length", "2")
             self.end_headers()
             self.wfile.write(b"ok")
 
