@@ -81,7 +81,16 @@ def create_app(settings: Settings) -> FastAPI:
     @app.middleware("http")
     async def _access(request: Request, call_next: Any) -> Response:
         refused = await access.check(request)
-        return refused if refused is not None else await call_next(request)
+        if refused is not None:
+            return refused
+        if request.method != "HEAD":
+            return await call_next(request)
+        # HEAD is GET without the body (FastAPI routes answer GET only).
+        request.scope["method"] = "GET"
+        response = await call_next(request)
+        async for _ in response.body_iterator:
+            pass
+        return Response(status_code=response.status_code, headers=dict(response.headers))
 
     def api(request: Request) -> PrefectApi:
         return PrefectApi(settings.api_url, request.state.credentials)
@@ -227,7 +236,7 @@ def create_app(settings: Settings) -> FastAPI:
         request: Request, run: int | None = None, page_no: int = Query(1, alias="page")
     ) -> Response:
         found = content.purity_page(run, page_no, settings.ui.page_size)
-        tpcs = sorted(content.purity_series(run)) or content.purity_tpcs()
+        tpcs = content.purity_tpcs(run)
         return page(request, "purity.html", p=found, run=run, tpcs=tpcs, label=content.tpc_label)
 
     @app.get("/api/purity.json")

@@ -129,11 +129,14 @@ def purity_series(run: int | None = None) -> dict[int, list[tuple[str, float, fl
     return series
 
 
-def purity_tpcs() -> list[int]:
-    """Every TPC with a purity row."""
+def purity_tpcs(run: int | None = None) -> list[int]:
+    """Every TPC with a purity row (of ``run``)."""
+    query = select(Purity.tpc).distinct()
+    if run is not None:
+        query = query.where(Purity.run == run)
     catalog = open_catalog()
     with catalog.session() as session:
-        return sorted(session.scalars(select(Purity.tpc).distinct()).all())
+        return sorted(session.scalars(query).all())
 
 
 def noisy_trend(last_runs: int = 100) -> list[tuple[int, int, int]]:
