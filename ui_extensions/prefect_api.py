@@ -8,6 +8,7 @@ reading every run.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from datetime import datetime
 from typing import Any
@@ -16,6 +17,8 @@ import httpx
 from prefect.client.schemas.filters import FlowFilter, FlowRunFilter
 from prefect.client.schemas.objects import FlowRun
 from prefect.events.filters import EventFilter
+
+_TRIES = 4
 
 
 def _dump(model: Any) -> Any:
@@ -39,7 +42,13 @@ class PrefectApi:
         await self.client.aclose()
 
     async def _call(self, method: str, path: str, body: Any = None) -> Any:
-        response = await self.client.request(method, path.lstrip("/"), json=body)
+        # A busy SQLite server answers 503 (or 429): ask again a little later, as Prefect's
+        # own client does.
+        for attempt in range(1, _TRIES + 1):
+            response = await self.client.request(method, path.lstrip("/"), json=body)
+            if response.status_code not in (429, 503) or attempt == _TRIES:
+                break
+            await asyncio.sleep(0.2 * 2**attempt)
         response.raise_for_status()
         return response.json() if response.content else None
 

@@ -102,8 +102,13 @@ def _quarantine_a_corrupt_file(settings: Settings) -> str:
     from p3s.lifecycle import settle
 
     name = raw_name(CORRUPT_RUN)
-    claimed = Layout.of(settings).claimed
+    layout = Layout.of(settings)
+    claimed = layout.claimed
     claimed.ensure()
+    # Marked announced first: the stack's watcher must not announce it again (that would
+    # trigger four more DQM runs on the worker).
+    layout.announced.ensure()
+    layout.announced.write_text(name, "tests/ui\n")
     fs, path = claimed.fs()
     with fs.open(f"{path}/{name}", "wb") as handle:
         handle.write(b"not HDF5 at all " * 64)

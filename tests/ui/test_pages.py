@@ -214,11 +214,15 @@ STABLE_ROWS = {"flow dqm-purity": "dqm-purity", "flow dqm-beam": "dqm-beam"}
 
 
 def test_dashboard_counts_match_the_prefect_api(site: Site, browser: Any) -> None:
-    at = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=1)
-    query = {"at": at.strftime("%Y-%m-%dT%H:%M:%SZ")}
-    data = httpx.get(f"{site.url}/api/summary.json", params=query, timeout=120).json()
-    for row, flow in STABLE_ROWS.items():
-        assert data["jobs"][row] == asyncio.run(_api_counts(at, flow)), row
+    for _ in range(3):  # read again should a run have moved between the two readings
+        at = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=1)
+        query = {"at": at.strftime("%Y-%m-%dT%H:%M:%SZ")}
+        data = httpx.get(f"{site.url}/api/summary.json", params=query, timeout=120).json()
+        expected = {row: asyncio.run(_api_counts(at, flow)) for row, flow in STABLE_ROWS.items()}
+        if all(data["jobs"][row] == counts for row, counts in expected.items()):
+            break
+    for row, counts in expected.items():
+        assert data["jobs"][row] == counts, row
     for window in WINDOWS:  # every run is in the "all" row
         total = sum(data["jobs"]["all"][window].values())
         assert total >= sum(sum(data["jobs"][row][window].values()) for row in STABLE_ROWS)

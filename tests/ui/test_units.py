@@ -65,7 +65,7 @@ def test_links_follow_the_base_url_and_name_each_payloads_page() -> None:
     assert page_path("beam", 1, 2) == "/beam/1/2"
     with pytest.raises(ValueError, match="no content page for payload 'x'"):
         page_path("x", 1, 1)
-    assert Settings().ui_url == "http://127.0.0.1:4300"
+    assert Settings(ui={"host": "127.0.0.1", "port": 4300}).ui_url == "http://127.0.0.1:4300"
     assert artifact_key("tpc_monitor", 42, 7) == "tpc-monitor-page-run000042-0007"
     api = Settings(server={"api_url": "http://prefect:4200/api"})
     assert flow_run_ui_url(api, "abc") == "http://prefect:4200/runs/flow-run/abc"
