@@ -1,10 +1,13 @@
-"""``SmtpEmail``: a notification block that sends alarms by e-mail through an SMTP server.
+"""Block types of the alarm targets; the server's actions service loads them when an alarm
+fires (the ``prefect.collections`` entry point ``p3s-alarms`` imports this module there).
 
-Prefect's own e-mail blocks go through a web service (SendGrid) or the prefect-email
-collection; this one speaks SMTP with the standard library, so a site relay or a local
-``postfix`` will do. The Prefect server's actions service loads it when an automation's
-``send-notification`` action fires: the ``prefect.collections`` entry point ``p3s-alarms``
-imports this module there.
+- ``AlarmWebhook`` (``p3s-alarm-webhook``): Prefect's Webhook with its own HTTP client per
+  call. Prefect 3.9.1's Webhook closes a transport shared by every webhook call when a call
+  ends, so alarms firing together broke each other's connections (``ReadError``), although
+  the receiver had the request.
+- ``SmtpEmail`` (``p3s-smtp-email``): a notification block that sends alarms by e-mail through
+  an SMTP server with the standard library (a site relay or a local ``postfix``); Prefect's
+  own e-mail blocks go through a web service (SendGrid) or the prefect-email collection.
 """
 
 from __future__ import annotations
@@ -12,9 +15,40 @@ from __future__ import annotations
 import asyncio
 import smtplib
 from email.message import EmailMessage
+from typing import Any
 
+import httpx
 from prefect.blocks.abstract import NotificationBlock, NotificationError
+from prefect.blocks.webhook import Webhook
+from prefect.utilities.urls import SSRFProtectedAsyncHTTPTransport, validate_restricted_url
 from pydantic import Field, SecretStr
+
+
+class AlarmWebhook(Webhook):
+    """A webhook for alarm actions: one HTTP client, and connection, per call."""
+
+    _block_type_name = "p3s alarm webhook"
+    _block_type_slug = "p3s-alarm-webhook"
+    _description = "Alarm webhooks (JSON, Slack, Mattermost) with a client per call (p3s)."
+
+    timeout_seconds: float = Field(10.0, description="How long one webhook call may take (s).")
+
+    async def call(self, payload: dict[str, Any] | str | None = None) -> httpx.Response:
+        """POST (or ``method``) ``payload``: a string as the body, anything else as JSON."""
+        url = self.url.get_secret_value()
+        transport = None
+        if not self.allow_private_urls:
+            validate_restricted_url(url)
+            transport = SSRFProtectedAsyncHTTPTransport(verify=self.verify)
+        body: dict[str, Any] = {"json": payload}
+        if isinstance(payload, str):
+            body = {"content": payload}
+        async with httpx.AsyncClient(
+            transport=transport, verify=self.verify, timeout=self.timeout_seconds
+        ) as client:
+            return await client.request(
+                self.method, url, headers=self.headers.get_secret_value(), **body
+            )
 
 
 class SmtpEmail(NotificationBlock):

@@ -105,13 +105,37 @@ async def delete_all() -> list[Change]:
 async def set_datataking(
     settings: Settings, on: bool, *, folder: Path | None = None
 ) -> list[Change]:
-    """Switch data taking on or off: the variable, the alarms that need it, and an event."""
+    """Switch data taking on or off: the variable, the alarms that need it, and an event.
+
+    The alarms that need data taking are resumed or paused where they exist (``apply``
+    creates missing ones with the same state).
+    """
+    from prefect.client.orchestration import get_client
     from prefect.events import Event
     from prefect.events.clients import get_events_client
     from prefect.variables import Variable
 
     await Variable.aset(DATATAKING_VARIABLE, "on" if on else "off", overwrite=True)
-    changes = await apply(settings, folder=folder)
+    needing = {
+        alarm.name
+        for alarm in documents.load(
+            settings.alarms, [], datataking_on=on, folder=folder or documents.FOLDER
+        )
+        if alarm.datataking
+    }
+    changes = []
+    async with get_client() as client:
+        for automation in await owned_automations():
+            if automation.name not in needing:
+                continue
+            if automation.enabled == on:
+                changes.append(Change(automation.name, "unchanged", str(automation.id)))
+                continue
+            if on:
+                await client.resume_automation(automation.id)
+            else:
+                await client.pause_automation(automation.id)
+            changes.append(Change(automation.name, "updated", str(automation.id)))
     async with get_events_client() as events:
         await events.emit(
             Event(

@@ -1,10 +1,10 @@
 """Where alarms go: one Prefect block per configured target, saved by ``p3s alarms apply``.
 
-- ``json``: a :class:`~prefect.blocks.webhook.Webhook` (``settings.alarms.webhook_url``) that
+- ``json``: an :class:`~p3s.blocks.alarms.AlarmWebhook` (``settings.alarms.webhook_url``) that
   gets a generic JSON document (alarm, subject, message, event, resource, payload, links);
-- ``chat``: a Webhook (``settings.alarms.chat_url``) that gets ``{"text": ...}``, the body
+- ``chat``: an AlarmWebhook (``settings.alarms.chat_url``) that gets ``{"text": ...}``, the body
   Slack and Mattermost incoming webhooks both accept;
-- ``email``: an :class:`~p3s.blocks.alarm_email.SmtpEmail` notification block
+- ``email``: an :class:`~p3s.blocks.alarms.SmtpEmail` notification block
   (``settings.alarms.smtp_host`` and ``email_to``).
 
 Blocks are saved under fixed names (``p3s-alarm-*``) with ``overwrite``, so their ids, and with
@@ -37,16 +37,16 @@ class Target:
 
 def target_blocks(alarms: AlarmSettings) -> dict[Kind, Any]:
     """The block of each configured target (not saved yet)."""
-    from prefect.blocks.webhook import Webhook
+    from p3s.blocks.alarms import AlarmWebhook
 
     blocks: dict[Kind, Any] = {}
     json_headers = {"Content-Type": "application/json"}
     if alarms.webhook_url:
-        blocks["json"] = Webhook(url=alarms.webhook_url, headers=json_headers)
+        blocks["json"] = AlarmWebhook(url=alarms.webhook_url, headers=json_headers)
     if alarms.chat_url:
-        blocks["chat"] = Webhook(url=alarms.chat_url, headers=json_headers)
+        blocks["chat"] = AlarmWebhook(url=alarms.chat_url, headers=json_headers)
     if alarms.smtp_host and alarms.email_to:
-        from p3s.blocks.alarm_email import SmtpEmail
+        from p3s.blocks.alarms import SmtpEmail
 
         blocks["email"] = SmtpEmail(
             host=alarms.smtp_host,

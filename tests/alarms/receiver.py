@@ -68,3 +68,39 @@ def receiver() -> Iterator[Receiver]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@dataclass
+class Mailbox:
+    """Every e-mail a loopback SMTP server got: (recipients, subject, body)."""
+
+    host: str
+    port: int
+    mails: list[tuple[list[str], str, str]] = field(default_factory=list)
+
+
+@contextmanager
+def smtp_receiver() -> Iterator[Mailbox]:
+    """An aiosmtpd SMTP server on a free loopback port that keeps every message."""
+    from email import message_from_bytes, policy
+
+    from aiosmtpd.controller import Controller
+
+    from tests.conftest import free_port
+
+    box = Mailbox("127.0.0.1", free_port())
+
+    class Handler:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+            message = message_from_bytes(envelope.content, policy=policy.default)
+            body = message.get_body(("plain",))
+            text = body.get_content().replace("\r\n", "\n") if body is not None else ""
+            box.mails.append((list(envelope.rcpt_tos), str(message["Subject"]), text))
+            return "250 OK"
+
+    controller = Controller(Handler(), hostname=box.host, port=box.port)
+    controller.start()
+    try:
+        yield box
+    finally:
+        controller.stop()
