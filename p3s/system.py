@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from p3s import backends
+from p3s import backends, history
 from p3s.prefect_env import client_environment, server_environment
 from p3s.services import ManagedProcess
 from p3s.settings import PROJECT_DIR, Settings
@@ -91,6 +91,7 @@ def start_server(settings: Settings, report: Report) -> None:
     ]
     _, new = proc.start(argv, _env(server_environment(settings)), cwd=settings.home)
     wait_for_api(settings.api_url, 120, proc)
+    history.apply(settings.prefect_database_url, report)  # p3s indexes, on Prefect's schema
     state = "started" if new else "already running"
     report(
         f"Prefect server {state} at {settings.api_url.removesuffix('/api')} "
