@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from p3s.alarms.ranges import above_patterns, below_patterns
+from p3s.alarms.ranges import DECIMALS, above_patterns, below_patterns
 from p3s.alarms.targets import Target
 from p3s.datatypes import DQM_DEPLOYMENTS
 from p3s.settings import PROJECT_DIR, AlarmSettings
@@ -31,8 +31,6 @@ from p3s.settings import PROJECT_DIR, AlarmSettings
 FOLDER = PROJECT_DIR / "automations"
 #: Tag of every automation ``p3s alarms`` owns (``--prune`` deletes only these).
 TAG = "p3s-alarm"
-#: Decimals of each quantity's sortable label (the emitter, tasks/publish.py, uses the same).
-DECIMALS = {"lifetime_ms": 3, "noisy_channels": 0}
 _CORE_KEYS = {"name", "description", "trigger", "actions_on_trigger", "actions_on_resolve"}
 _P3S_KEYS = {"notify", "datataking"}
 

@@ -14,6 +14,8 @@ import math
 
 #: Digits of every sortable value (integer part and decimals together).
 WIDTH = 12
+#: Decimals of each DQM quantity's sortable label (``p3s.dqm.value`` events).
+DECIMALS = {"lifetime_ms": 3, "noisy_channels": 0}
 
 
 def _scaled(value: float, decimals: int) -> int:

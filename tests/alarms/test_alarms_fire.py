@@ -18,6 +18,7 @@ the last one shows that none came twice.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -170,10 +171,8 @@ def fired(stack: Stack) -> Iterator[Fired]:
         folder = settings.data / "alarms-test"
         folder.mkdir(parents=True, exist_ok=True)
         try:
-            t0 = time.monotonic()
             first = asyncio.run(alarms_apply.apply(settings, prune=True))
             started = time.monotonic()
-            print(f"ALARMTIME apply {started - t0:.1f} s")
             # Data taking on, one file, then silence: the no-file window runs meanwhile.
             asyncio.run(alarms_apply.set_datataking(settings, True))
             asyncio.run(
@@ -194,16 +193,12 @@ def fired(stack: Stack) -> Iterator[Fired]:
             )
             not_hdf5 = folder / raw_filename(71, 1)
             not_hdf5.write_text("run,subrun\n71,1\n" * 100)
-            print(f"ALARMTIME datataking and events {time.monotonic() - started:.1f} s")
             failed = [_run_flow("beam", storage.url_for(not_hdf5)) for _ in range(2)]
-            print(f"ALARMTIME failed runs {time.monotonic() - started:.1f} s")
             _storage_failures(folder, 4)
-            print(f"ALARMTIME storage failures {time.monotonic() - started:.1f} s")
             good = _simulate(folder / raw_filename(72, 1), 72)
             for payload in ("purity", "tpc_monitor"):
                 state = _run_flow(payload, storage.url_for(good))
                 assert state.is_completed(), (payload, state.message)
-            print(f"ALARMTIME purity and tpc monitor {time.monotonic() - started:.1f} s")
             drain_prefect_clients()
 
             def everything() -> bool:
@@ -211,7 +206,6 @@ def fired(stack: Stack) -> Iterator[Fired]:
                 return set(found) >= set(ALARMS) and len(mail.mails) >= len(ALARMS)
 
             rx.wait_until(everything, DEADLINE_S - (time.monotonic() - started))
-            print(f"ALARMTIME all notified {time.monotonic() - started:.1f} s")
             count = len(rx.posts) + len(mail.mails)
             while True:  # quiet period: nothing more arrives
                 time.sleep(QUIET_S)
@@ -335,7 +329,8 @@ def test_dqm_value_alarms_give_the_value_threshold_and_place(fired: Fired) -> No
 def test_pilot_and_storage_alarms_say_what_to_look_at(fired: Fired) -> None:
     (lost,) = fired.by_alarm()["p3s-pilots-lost"]
     assert lost["subject"] == "Pilots lost in pool p3s-pilots-test"
-    assert "pilot-1" in lost["message"] and "condor_q" in lost["message"]
+    assert re.search(r"the latest: pilot-\d \(pilot lost \(pilotTO\)", lost["message"])
+    assert "condor_q" in lost["message"]
     (short,) = fired.by_alarm()["p3s-pilots-below-target"]
     assert "1 pilots connected, 4 required, 3 waiting to start" in short["message"]
     (failures,) = fired.by_alarm()["p3s-storage-failures"]
