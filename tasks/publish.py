@@ -24,13 +24,11 @@ from p3s.ui_extensions.artifacts import publish_page_link
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.events import emit_event
 
-from p3s.alarms.ranges import sortable
+from p3s.alarms.ranges import DECIMALS, sortable
 from p3s.catalog import ProductInfo, open_catalog
 
 FINISHED_EVENT = "p3s.dqm.finished"
 VALUE_EVENT = "p3s.dqm.value"
-#: Decimals of each alarmed quantity's sortable label.
-VALUE_DECIMALS = {"lifetime_ms": 3, "noisy_channels": 0}
 
 
 def artifact_key(kind: str, payload: str, run: int, subrun: int) -> str:
@@ -273,7 +271,7 @@ def emit_values(
                 "prefect.resource.name": f"{quantity} {where} of {file_name}",
                 "p3s.quantity": quantity,
                 "p3s.value": _number(value),
-                "p3s.value.sortable": sortable(value, VALUE_DECIMALS[quantity]),
+                "p3s.value.sortable": sortable(value, DECIMALS[quantity]),
                 "p3s.file.name": file_name,
                 "p3s.run": str(run),
                 "p3s.payload": payload,
