@@ -20,7 +20,7 @@ Each call is made ``--repeat`` times one after another (after one warm-up); p50 
 wall-clock latency seen by an HTTP client on the same host. The last line is a ``BENCH`` JSON
 summary for ``bench/run_all.py``.
 
-    .venv/bin/python bench/history.py [--runs 500000] [--repeat 15] [--keep]
+    .venv/bin/python bench/history.py [--runs 500000] [--repeat 10] [--task-runs 1] [--keep]
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
 from p3s import system  # noqa: E402
-from p3s.history import ensure_indexes  # noqa: E402
+from p3s.history import INDEXES, ensure_indexes  # noqa: E402
 from p3s.settings import Settings  # noqa: E402
 
 PG = "postgresql://postgres@127.0.0.1:5432"
@@ -129,46 +129,43 @@ async def create_fixtures(api: str) -> list[dict]:
 
 RUNS_SQL = """
 CREATE TEMP TABLE bench_runs AS
-SELECT i,
-       gen_random_uuid() AS id,
-       gen_random_uuid() AS state_id,
-       gen_random_uuid() AS running_state_id,
-       CASE WHEN i <= {b0} THEN 'scheduled' WHEN i <= {b1} THEN 'late'
-            WHEN i <= {b2} THEN 'pending' WHEN i <= {b3} THEN 'running' ELSE 'final' END AS kind,
-       random() AS r,
-       -- one file every few tens of seconds, its flow runs over --days days
-       now() - (random() * {days}) * interval '1 day' - interval '15 minutes' AS t0,
-       (5 + random() * 120) * interval '1 second' AS dur,
-       (0.5 + random() * 8) * interval '1 second' AS delay
-FROM generate_series(1, {runs}) AS i
-"""
-
-SHAPE_SQL = """
-UPDATE bench_runs SET t0 = CASE kind
-    WHEN 'scheduled' THEN now() + (i * 10) * interval '1 second'
-    WHEN 'late' THEN now() - (5 + random() * 30) * interval '1 minute'
-    WHEN 'pending' THEN now() - random() * interval '1 minute'
-    WHEN 'running' THEN now() - random() * interval '5 minutes'
-    ELSE t0 END
-WHERE kind <> 'final';
-ALTER TABLE bench_runs
-    ADD COLUMN type text, ADD COLUMN name text, ADD COLUMN started timestamptz,
-    ADD COLUMN ended timestamptz, ADD COLUMN k int;
-UPDATE bench_runs SET
-    k = i % 7,
-    type = CASE kind
-        WHEN 'scheduled' THEN 'SCHEDULED' WHEN 'late' THEN 'SCHEDULED'
-        WHEN 'pending' THEN 'PENDING' WHEN 'running' THEN 'RUNNING'
-        ELSE CASE WHEN r < 0.93 THEN 'COMPLETED' WHEN r < 0.975 THEN 'FAILED'
-                  WHEN r < 0.99 THEN 'CRASHED' ELSE 'CANCELLED' END END,
-    name = CASE kind
-        WHEN 'scheduled' THEN 'Scheduled' WHEN 'late' THEN 'Late'
-        WHEN 'pending' THEN 'Pending' WHEN 'running' THEN 'Running'
-        ELSE CASE WHEN r < 0.93 THEN 'Completed' WHEN r < 0.955 THEN 'Failed'
-                  WHEN r < 0.97 THEN 'Corrupt' WHEN r < 0.975 THEN 'TimeLimit'
-                  WHEN r < 0.99 THEN 'Crashed' ELSE 'Cancelled' END END,
-    started = CASE WHEN kind IN ('final', 'running') THEN t0 + delay END,
-    ended = CASE WHEN kind = 'final' THEN t0 + delay + dur END;
+SELECT i, id, state_id, running_state_id, kind, r, t0, dur, k,
+       CASE kind
+           WHEN 'scheduled' THEN 'SCHEDULED' WHEN 'late' THEN 'SCHEDULED'
+           WHEN 'pending' THEN 'PENDING' WHEN 'running' THEN 'RUNNING'
+           ELSE CASE WHEN r < 0.93 THEN 'COMPLETED' WHEN r < 0.975 THEN 'FAILED'
+                     WHEN r < 0.99 THEN 'CRASHED' ELSE 'CANCELLED' END END AS type,
+       CASE kind
+           WHEN 'scheduled' THEN 'Scheduled' WHEN 'late' THEN 'Late'
+           WHEN 'pending' THEN 'Pending' WHEN 'running' THEN 'Running'
+           ELSE CASE WHEN r < 0.93 THEN 'Completed' WHEN r < 0.955 THEN 'Failed'
+                     WHEN r < 0.97 THEN 'Corrupt' WHEN r < 0.975 THEN 'TimeLimit'
+                     WHEN r < 0.99 THEN 'Crashed' ELSE 'Cancelled' END END AS name,
+       CASE WHEN kind IN ('final', 'running') THEN t0 + delay END AS started,
+       CASE WHEN kind = 'final' THEN t0 + delay + dur END AS ended
+FROM (
+    SELECT i, kind, r, dur, delay, i % 7 AS k,
+           gen_random_uuid() AS id,
+           gen_random_uuid() AS state_id,
+           gen_random_uuid() AS running_state_id,
+           CASE kind
+               WHEN 'scheduled' THEN now() + (i * 10) * interval '1 second'
+               WHEN 'late' THEN now() - (5 + random() * 30) * interval '1 minute'
+               WHEN 'pending' THEN now() - random() * interval '1 minute'
+               WHEN 'running' THEN now() - random() * interval '5 minutes'
+               -- a file every few tens of seconds, its flow runs spread over --days days
+               ELSE now() - (random() * {days}) * interval '1 day' - interval '15 minutes'
+           END AS t0
+    FROM (
+        SELECT i, random() AS r,
+               (5 + random() * 120) * interval '1 second' AS dur,
+               (0.5 + random() * 8) * interval '1 second' AS delay,
+               CASE WHEN i <= {b0} THEN 'scheduled' WHEN i <= {b1} THEN 'late'
+                    WHEN i <= {b2} THEN 'pending' WHEN i <= {b3} THEN 'running'
+                    ELSE 'final' END AS kind
+        FROM generate_series(1, {runs}) AS i
+    ) AS raw
+) AS timed;
 CREATE INDEX ON bench_runs (k);
 ANALYZE bench_runs;
 """
@@ -222,26 +219,27 @@ FROM bench_runs WHERE kind = 'final';
 """
 
 TASK_RUN_SQL = """
-INSERT INTO task_run (
-    id, created, updated, name, state_type, state_name, state_timestamp, run_count,
-    expected_start_time, start_time, end_time, total_run_time, task_key, dynamic_key,
-    flow_run_id, state_id, tags, empirical_policy, task_inputs, flow_run_run_count)
-SELECT gen_random_uuid(), b.started, b.ended, t.task || '-' || j, 'COMPLETED', 'Completed',
-       b.ended, 1, b.started, b.started, b.ended, b.dur / {task_runs}, t.task, '0', b.id,
-       gen_random_uuid(), '[]', '{}', '{}', 1
-FROM bench_runs b
-CROSS JOIN generate_series(1, {task_runs}) AS j
-CROSS JOIN LATERAL (SELECT (ARRAY['stage_in', 'payload', 'stage_out', 'catalog'])[1 + (j - 1) % 4]
-                           || CASE WHEN j > 4 THEN '-' || j ELSE '' END AS task) AS t
-WHERE b.kind = 'final'
-"""
-
-TASK_RUN_STATE_SQL = """
+WITH inserted AS (
+    INSERT INTO task_run (
+        id, created, updated, name, state_type, state_name, state_timestamp, run_count,
+        expected_start_time, start_time, end_time, total_run_time, task_key, dynamic_key,
+        flow_run_id, state_id, tags, empirical_policy, task_inputs, flow_run_run_count)
+    SELECT gen_random_uuid(), b.started, b.ended, t.task || '-' || j, 'COMPLETED',
+           'Completed', b.ended, 1, b.started, b.started, b.ended, b.dur / {task_runs},
+           t.task, '0', b.id, gen_random_uuid(), '[]', '{}', '{}', 1
+    FROM bench_runs b
+    CROSS JOIN generate_series(1, {task_runs}) AS j
+    CROSS JOIN LATERAL (
+        SELECT (ARRAY['stage_in', 'payload', 'stage_out', 'catalog'])[1 + (j - 1) % 4]
+               || CASE WHEN j > 4 THEN '-' || j ELSE '' END AS task) AS t
+    WHERE b.kind = 'final'
+    RETURNING id, state_id, end_time
+)
 INSERT INTO task_run_state (id, created, updated, type, timestamp, name, state_details,
                             task_run_id)
 SELECT state_id, end_time, end_time, 'COMPLETED', end_time, 'Completed',
        jsonb_build_object('task_run_id', id), id
-FROM task_run WHERE state_id IS NOT NULL
+FROM inserted
 """
 
 EVENTS_SQL = """
@@ -331,12 +329,11 @@ async def bulk_load(
         }
         timed = [
             ("runs", RUNS_SQL),
-            ("shape", SHAPE_SQL),
             ("flow_run", FLOW_RUN_SQL),
             ("flow_run_state", FLOW_RUN_STATE_SQL),
         ]
         if task_runs > 0:
-            timed += [("task_run", TASK_RUN_SQL), ("task_run_state", TASK_RUN_STATE_SQL)]
+            timed += [("task_run", TASK_RUN_SQL)]
         if event_days > 0:
             timed += [("events", EVENTS_SQL)]
         # Building an index once over the loaded rows is far faster than updating it per row:
@@ -539,7 +536,9 @@ async def time_call(fn: Callable[[], Awaitable[httpx.Response]], repeat: int) ->
     return latencies
 
 
-async def measure(settings: Settings, deps: list[dict], repeat: int) -> dict[str, list[float]]:
+async def measure(
+    settings: Settings, deps: list[dict], repeat: int, content_repeat: int
+) -> dict[str, list[float]]:
     """Latencies of every call, API and content pages."""
     from p3s.ui_extensions.app import create_app
 
@@ -560,7 +559,7 @@ async def measure(settings: Settings, deps: list[dict], repeat: int) -> dict[str
             "content /api/jobs.json failed p20": lambda: "/api/jobs.json?state=failed&page=20",
         }
         for name, url in pages.items():
-            found[name] = await time_call(lambda u=url: content.get(u()), repeat)
+            found[name] = await time_call(lambda u=url: content.get(u()), content_repeat)
     return found
 
 
@@ -587,6 +586,15 @@ def report(phases: dict[str, dict[str, list[float]]]) -> list[dict]:
     return rows
 
 
+async def drop_p3s_indexes(dsn: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        for name in INDEXES:
+            await conn.execute(f"DROP INDEX IF EXISTS {name}")
+    finally:
+        await conn.close()
+
+
 async def drop(dbname: str) -> None:
     conn = await asyncpg.connect(f"{PG}/postgres")
     try:
@@ -599,9 +607,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=500_000, help="flow runs to load")
     parser.add_argument("--days", type=float, default=35.0, help="history they span (days)")
-    parser.add_argument("--task-runs", type=int, default=2, help="task runs per finished run")
+    parser.add_argument("--task-runs", type=int, default=1, help="task runs per finished run")
     parser.add_argument("--event-days", type=float, default=7.0, help="days of state events")
-    parser.add_argument("--repeat", type=int, default=15, help="timed calls per call")
+    parser.add_argument("--repeat", type=int, default=10, help="timed calls per API call")
+    parser.add_argument(
+        "--content-repeat", type=int, default=5, help="timed calls per content page (slower)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
     args = parser.parse_args()
     if args.runs < sum(LIVE.values()) + 1000:
@@ -628,8 +639,10 @@ def main() -> None:
         system.start_server(settings, lambda line: print("  " + line, flush=True))
         system.setup_work_pool(settings, lambda line: print("  " + line, flush=True))
         deps = asyncio.run(create_fixtures(settings.api_url))
+        # start_server added the p3s indexes: measure Prefect's own first, then with them.
+        asyncio.run(drop_p3s_indexes(f"{PG}/{dbname}"))
         print("measuring on the empty database ...", flush=True)
-        phases["empty"] = asyncio.run(measure(settings, deps, args.repeat))
+        phases["empty"] = asyncio.run(measure(settings, deps, args.repeat, args.content_repeat))
         print(f"loading {args.runs} flow runs over {args.days:g} days ...", flush=True)
         t0 = time.perf_counter()
         steps = asyncio.run(
@@ -637,11 +650,13 @@ def main() -> None:
         )
         print(f"  loaded in {time.perf_counter() - t0:.0f} s", flush=True)
         print(f"measuring with {args.runs} runs (Prefect's indexes only) ...", flush=True)
-        phases["loaded"] = asyncio.run(measure(settings, deps, args.repeat))
+        phases["loaded"] = asyncio.run(measure(settings, deps, args.repeat, args.content_repeat))
         created = asyncio.run(ensure_indexes(f"{PG}/{dbname}"))
         print(f"p3s indexes: {', '.join(created) or 'none new'}", flush=True)
         print(f"measuring with {args.runs} runs and the p3s indexes ...", flush=True)
-        phases["loaded+p3s"] = asyncio.run(measure(settings, deps, args.repeat))
+        phases["loaded+p3s"] = asyncio.run(
+            measure(settings, deps, args.repeat, args.content_repeat)
+        )
     finally:
         system.server_process(settings).stop()
         if not args.keep:
