@@ -31,7 +31,7 @@ def app_answers(settings: Settings, timeout_s: float = 2.0) -> bool:
         return False
 
 
-def start_content_app(settings: Settings, report: Report, wait_s: float = 30.0) -> None:
+def start_content_app(settings: Settings, report: Report, wait_s: float = 60.0) -> None:
     """Start ``p3s ui serve`` unless it runs already; wait until it answers."""
     argv = [str(BIN / "p3s"), "ui", "serve"]
     env = {**os.environ, **client_environment(settings)}
