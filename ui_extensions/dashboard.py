@@ -22,7 +22,13 @@ from prefect.client.schemas.filters import (
     FlowRunFilterTags,
 )
 from prefect.client.schemas.objects import State, StateType
-from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter
+from prefect.events.filters import (
+    EventFilter,
+    EventNameFilter,
+    EventOccurredFilter,
+    EventResourceFilter,
+)
+from prefect.events.schemas.events import ResourceSpecification
 
 from p3s.lifecycle import Layout
 from p3s.pilots.status import PilotCounts, read_status, variable_name
@@ -46,14 +52,11 @@ STATES = (
     "pilotTO",
     "cancelled",
 )
-#: Events of the service log: scaling decisions, lost pilots, quarantined files, alarms.
-LOG_EVENTS = (
-    "p3s.pilots.scaled",
-    "p3s.pilot.lost",
-    "p3s.file.quarantined",
-    "p3s.alarm",
-    "prefect.automation.",
-)
+#: p3s's own events in the service log: scaling decisions, lost pilots, quarantined files, alarms.
+LOG_EVENTS = ("p3s.pilots.scaled", "p3s.pilot.lost", "p3s.file.quarantined", "p3s.alarm")
+#: Automations whose events (triggered, actions) are alarms: the alarms of automations/ are
+#: named ``p3s-...``; deployment triggers (``<deployment>__automation_N``) are left out.
+ALARM_AUTOMATIONS = "p3s-*"
 JOBTYPE_TAG = "jobtype:"
 #: Rows counted at once: more only queue up in a 2-core server.
 _PARALLEL_QUERIES = 4
@@ -209,13 +212,23 @@ async def service_log(
     api: PrefectApi, settings: Settings, at: datetime, limit: int = 50
 ) -> list[dict[str, Any]]:
     """System events of the last 24 h, newest first: Prefect events and quarantined files."""
-    event_filter = EventFilter(
-        occurred=EventOccurredFilter(
-            since=at - timedelta(hours=24), until=at + timedelta(minutes=1)
+    occurred = EventOccurredFilter(since=at - timedelta(hours=24), until=at + timedelta(minutes=1))
+    system, alarms = await asyncio.gather(
+        api.read_events(
+            EventFilter(occurred=occurred, event=EventNameFilter(prefix=list(LOG_EVENTS))), limit
         ),
-        event=EventNameFilter(prefix=list(LOG_EVENTS)),
+        api.read_events(
+            EventFilter(
+                occurred=occurred,
+                event=EventNameFilter(prefix=["prefect.automation."]),
+                resource=EventResourceFilter(
+                    labels=ResourceSpecification({"prefect.resource.name": ALARM_AUTOMATIONS})
+                ),
+            ),
+            limit,
+        ),
     )
-    events = await api.read_events(event_filter, limit=limit)
+    events = system + alarms
     lines = [
         {
             "occurred": e["occurred"],

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -255,34 +257,47 @@ def test_dashboard_counts_match_the_prefect_api(site: Site, browser: Any) -> Non
     assert [r[3] for r in table_rows(browser, "table#status")] == list(verdicts.values())
 
 
-def test_service_log_shows_scaling_and_lost_pilot_events_from_the_api(site: Site) -> None:
+def test_service_log_shows_scaling_lost_pilots_and_alarms_from_the_events_api(site: Site) -> None:
     now = datetime.now(UTC)
+    sent = [  # (event, resource id, resource name, message)
+        ("p3s.pilots.scaled", "p3s.pilot-pool.ui-test", "", "required 3, running 2, submitting 1"),
+        ("p3s.pilot.lost", "p3s.pilot.tcp://10.0.0.9:4711", "", "pilot lost (pilotTO)"),
+        ("prefect.automation.triggered", f"prefect.automation.{uuid.uuid4()}", "p3s-ui-test", ""),
+        (
+            "prefect.automation.triggered",
+            f"prefect.automation.{uuid.uuid4()}",
+            "x__automation_1",
+            "",
+        ),
+    ]
     events = [
         {
-            "id": str(__import__("uuid").uuid4()),
+            "id": str(uuid.uuid4()),
             "occurred": now.isoformat(),
             "event": name,
-            "resource": {"prefect.resource.id": f"p3s.pilots.test-pool.{i}"},
-            "payload": {"message": message},
+            "resource": {
+                "prefect.resource.id": rid,
+                **({"prefect.resource.name": rname} if rname else {}),
+            },
+            "payload": {"message": message} if message else {},
         }
-        for i, (name, message) in enumerate(
-            [
-                ("p3s.pilots.scaled", "required 3, running 2, submitting 1"),
-                ("p3s.pilot.lost", "pilot tcp://10.0.0.9 was lost (pilotTO)"),
-            ]
-        )
+        for name, rid, rname, message in sent
     ]
     httpx.post(f"{site.stack.api_url}/events", json=events, timeout=10).raise_for_status()
+    resources: list[str] = []
     texts: list[str] = []
     for _ in range(40):  # the server writes events in batches, shortly after it accepted them
         at = (datetime.now(UTC) + timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
         log = httpx.get(f"{site.url}/api/summary.json", params={"at": at}, timeout=60).json()["log"]
+        resources = [line["resource"] for line in log]
         texts = [f"{line['event']}: {line['text']}" for line in log]
-        if all(any(e["payload"]["message"] in t for t in texts) for e in events):
+        if all(rid in resources for _, rid, _, _ in sent[:3]):
             break
-        __import__("time").sleep(0.5)
+        time.sleep(0.5)
     assert "p3s.pilots.scaled: required 3, running 2, submitting 1" in texts
-    assert "p3s.pilot.lost: pilot tcp://10.0.0.9 was lost (pilotTO)" in texts
+    assert "p3s.pilot.lost: pilot lost (pilotTO)" in texts
+    assert "prefect.automation.triggered: p3s-ui-test" in texts  # an alarm automation
+    assert sent[3][1] not in resources  # a deployment trigger is no alarm
 
 
 def test_job_list_filters_and_a_job_page_links_to_the_prefect_ui(site: Site, browser: Any) -> None:
