@@ -335,5 +335,21 @@ def test_pilot_and_storage_alarms_say_what_to_look_at(fired: Fired) -> None:
     assert "1 pilots connected, 4 required, 3 waiting to start" in short["message"]
     (failures,) = fired.by_alarm()["p3s-storage-failures"]
     assert failures["subject"] == "Storage failures on local"
-    assert "not-a-folder/out-2.txt" in failures["message"]
+    assert re.search(r"staging out to it file://\S+/not-a-folder/out-\d\.txt", failures["message"])
     assert "storage unavailable" in failures["message"]
+
+
+def test_the_cli_lists_applies_and_reports_data_taking(fired: Fired) -> None:
+    from typer.testing import CliRunner
+
+    from p3s.cli import app
+
+    runner = CliRunner(env={"COLUMNS": "200"})
+    listed = runner.invoke(app, ["alarms", "list"])
+    assert listed.exit_code == 0, listed.output
+    assert all(name in listed.output for name in ALARMS)
+    applied = runner.invoke(app, ["alarms", "apply"])
+    assert applied.exit_code == 0, applied.output
+    assert applied.output.count("unchanged") == len(ALARMS), applied.output
+    status = runner.invoke(app, ["alarms", "datataking", "status"])
+    assert status.output.strip() == "data taking is on"
