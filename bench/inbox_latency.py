@@ -1,9 +1,10 @@
 """Inbox latency: from the moment a file is complete in the inbox to its flow run Running.
 
 Brings up its own embedded system with the code of ``p3s up`` (Prefect server on SQLite, the
-p3s work pool and its worker, the deployments, the ``p3s inbox watch`` process) under a
-temporary home and a free port, with the default local inbox and default settings (scan every
-0.5 s, size and mtime stable for 1 s). A bench data type (``bench_NNNNNN.dat``) feeds a no-op
+p3s work pool and its warm local pilots, or Prefect's process worker with ``--worker process``,
+the deployments, the ``p3s inbox watch`` process) under a temporary home and a free port,
+with the default local inbox and default settings (scan every 0.5 s, size and mtime stable
+for 1 s). A bench data type (``bench_NNNNNN.dat``) feeds a no-op
 deployment through an event trigger exactly like the DQM deployments' (``p3s.file.arrived``,
 ``file_url`` from the event), so what is timed is the dispatch path, not a payload.
 
@@ -150,7 +151,7 @@ async def measure(settings, deployment_id: str, n: int) -> list[dict[str, float]
     return rows
 
 
-def report(rows: list[dict[str, float]], bare: list[float]) -> None:
+def report(worker: str, rows: list[dict[str, float]], bare: list[float]) -> None:
     def seg(a: str, b: str) -> list[float]:
         return [r[b] - r[a] for r in rows]
 
@@ -190,12 +191,24 @@ def report(rows: list[dict[str, float]], bare: list[float]) -> None:
         }
         for q, v, b in (("p50", p50, pct(announce, 0.5)), ("p95", p95, pct(announce, 0.95)))
     ]
-    print("BENCH " + json.dumps({"bench": "inbox_latency", "files": len(rows), "figures": figures}))
+    print(
+        "BENCH "
+        + json.dumps(
+            {"bench": "inbox_latency", "worker": worker, "files": len(rows), "figures": figures}
+        )
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=50)
+    parser.add_argument(
+        "--worker",
+        choices=["pilots", "process"],
+        default="pilots",
+        help="what serves the pool: warm local pilots (the default of p3s up) or the "
+        "process worker (a new Python per run)",
+    )
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="p3s-bench-inbox-"))
     datatypes = [
@@ -211,6 +224,7 @@ def main() -> None:
             "P3S_HOME": str(home),
             "P3S_SERVER__PORT": str(free_port()),
             "P3S_INBOX__DATATYPES": json.dumps(datatypes),
+            "P3S_POOL__WORKER": args.worker,
         }
     )
     sys.path.insert(0, str(PROJECT_DIR))
@@ -222,7 +236,7 @@ def main() -> None:
     apply_client_environment(settings)
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    print(f"home {home}; bringing the system up (p3s up)…", flush=True)
+    print(f"home {home}; bringing the system up (p3s up, {args.worker})…", flush=True)
     bare = bare_baseline(home / "bare", args.files)
     try:
         system.up(settings, lambda line: print("  " + line, flush=True))
@@ -230,7 +244,7 @@ def main() -> None:
             deployment_id = asyncio.run(create_bench_deployment(settings.pool.name))
             time.sleep(2)  # the trigger service loads the new automation
             rows = asyncio.run(measure(settings, deployment_id, args.files))
-        report(rows, bare)
+        report(args.worker, rows, bare)
     finally:
         system.down(settings, lambda line: None)
 

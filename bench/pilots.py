@@ -167,6 +167,10 @@ def main() -> None:
         "P3S_SERVER__PORT": str(free_port()),
         "P3S_PAYLOAD_ROOTS": str(scripts),
         "P3S_POOL__CONCURRENCY": "4",
+        # The baseline: the p3s pool served by Prefect's process worker; the pilots get a
+        # pool of their own.
+        "P3S_POOL__WORKER": "process",
+        "P3S_PILOTS__POOL_NAME": "p3s-pilots",
         "P3S_PILOTS__CLUSTER": "local",
         "P3S_PILOTS__IDLE_SECONDS": "600",
     }

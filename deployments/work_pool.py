@@ -49,10 +49,16 @@ async def ensure_work_pool(
     changes: list[str] = []
     try:
         pool = await client.read_work_pool(name)
-        if pool.concurrency_limit != concurrency:
-            await client.update_work_pool(name, WorkPoolUpdate(concurrency_limit=concurrency))
-            changes.append(f"pool {name}: concurrency {concurrency}")
     except ObjectNotFound:
+        pool = None
+    if pool is not None and pool.type != pool_type:
+        # A home made when the pool was served by another worker type (p3s up with
+        # pool.worker=process, say): a pool's type cannot change, so make it anew. Its
+        # deployments are applied again right after this by `prefect deploy --all`.
+        await client.delete_work_pool(name)
+        changes.append(f"pool {name}: type {pool.type} replaced by {pool_type}")
+        pool = None
+    if pool is None:
         await client.create_work_pool(
             WorkPoolCreate(
                 name=name,
@@ -63,6 +69,9 @@ async def ensure_work_pool(
             )
         )
         changes.append(f"pool {name} created")
+    elif pool.concurrency_limit != concurrency:
+        await client.update_work_pool(name, WorkPoolUpdate(concurrency_limit=concurrency))
+        changes.append(f"pool {name}: concurrency {concurrency}")
 
     existing = {q.name: q for q in await client.read_work_queues(work_pool_name=name)}
     wanted = {queue_for_priority(p): prefect_priority(p) for p in P3S_PRIORITIES}

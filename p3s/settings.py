@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from p3s.datatypes import DataType, default_datatypes
@@ -77,7 +77,14 @@ class PoolSettings(BaseModel):
     concurrency: int = Field(
         4, description="Most flow runs the pool executes at once (a cap protects 2-core hosts)."
     )
-    query_seconds: float = Field(1.0, description="How often the worker polls for new runs (s).")
+    query_seconds: float = Field(
+        1.0, description="How often the process worker polls for new runs (s)."
+    )
+    worker: Literal["pilots", "process"] = Field(
+        "pilots",
+        description="What runs the pool's flow runs: warm Dask pilots (the pilots settings; "
+        "a local cluster by default) or Prefect's process worker (a new Python per run).",
+    )
 
 
 class StorageSettings(BaseModel):
@@ -155,7 +162,11 @@ class WorkflowSettings(BaseModel):
 class PilotSettings(BaseModel):
     """Pilots: the Dask workers of the ``p3s-pilot`` work pool (see blocks/pilot_pool.py)."""
 
-    pool_name: str = Field("p3s-pilots", description="Name of the pilots' Prefect work pool.")
+    pool_name: str | None = Field(
+        None,
+        description="Name of the pilots' Prefect work pool; None means the p3s pool itself "
+        "(pool.name), which `p3s up` serves with pilots unless pool.worker is process.",
+    )
     block: str | None = Field(
         None,
         description="Name of a saved PilotPool block; None builds the pool from the fields below.",
@@ -282,6 +293,12 @@ class Settings(BaseSettings):
     pilots: PilotSettings = Field(default_factory=PilotSettings)
     ui: UiSettings = Field(default_factory=UiSettings)
     alarms: AlarmSettings = Field(default_factory=AlarmSettings)
+
+    @model_validator(mode="after")
+    def _pilot_pool_name(self) -> Settings:
+        if self.pilots.pool_name is None:
+            self.pilots.pool_name = self.pool.name
+        return self
 
     @field_validator("payload_roots", mode="before")
     @classmethod

@@ -79,9 +79,12 @@ def start_server(settings: Settings, report: Report) -> None:
             f"another Prefect server already answers at {settings.api_url}: stop it, or set "
             "P3S_SERVER__PORT to a free port"
         )
+    # Prefect's own `server start`, with SQLite writers that wait for each other rather than
+    # fail (see p3s.prefect_server).
     argv = [
-        prefect_cli(),
-        "server",
+        sys.executable,
+        "-m",
+        "p3s.prefect_server",
         "start",
         "--host",
         settings.server.host,
@@ -90,7 +93,7 @@ def start_server(settings: Settings, report: Report) -> None:
         "--analytics-off",
     ]
     _, new = proc.start(argv, _env(server_environment(settings)), cwd=settings.home)
-    wait_for_api(settings.api_url, 120, proc)
+    wait_for_api(settings.api_url, 300, proc)  # migrations of a new database
     history.apply(settings.prefect_database_url, report)  # p3s indexes, on Prefect's schema
     state = "started" if new else "already running"
     report(
@@ -105,10 +108,15 @@ def setup_work_pool(settings: Settings, report: Report) -> None:
 
     from p3s.deployments.work_pool import ensure_work_pool
 
+    pool_type = "p3s-pilot" if settings.pool.worker == "pilots" else "process"
+
     async def _ensure() -> list[str]:
         async with get_client() as client:
             return await ensure_work_pool(
-                client, settings.pool.name, concurrency=settings.pool.concurrency
+                client,
+                settings.pool.name,
+                pool_type=pool_type,
+                concurrency=settings.pool.concurrency,
             )
 
     # This process may have read another API URL when it imported Prefect: use this home's.
@@ -136,6 +144,10 @@ def deploy(settings: Settings, report: Report) -> None:
 
 
 def start_worker(settings: Settings, report: Report) -> None:
+    """Start what serves the p3s pool: its pilots (default) or a process worker."""
+    if settings.pool.worker == "pilots":
+        start_pilot_worker(settings, report, pool=settings.pool.name)
+        return
     proc = worker_process(settings)
     argv = [
         prefect_cli(),
@@ -182,9 +194,9 @@ def start_inbox_watcher(settings: Settings, report: Report) -> None:
     )
 
 
-def pilot_worker_process(settings: Settings) -> ManagedProcess:
-    """The ``p3s-pilot`` worker of the pilots' pool (SIGINT asks it to stop, like any worker)."""
-    name = f"pilots-{settings.pilots.pool_name}"
+def pilot_worker_process(settings: Settings, pool: str | None = None) -> ManagedProcess:
+    """The ``p3s-pilot`` worker of a pilots' pool (SIGINT asks it to stop, like any worker)."""
+    name = f"pilots-{pool or settings.pilots.pool_name}"
     return ManagedProcess(name, settings.run_dir, stop_signal=signal.SIGINT)
 
 
@@ -210,16 +222,22 @@ def setup_pilot_pool(settings: Settings, report: Report) -> None:
 
 
 def start_pilot_worker(
-    settings: Settings, report: Report, extra_env: dict[str, str] | None = None
+    settings: Settings,
+    report: Report,
+    extra_env: dict[str, str] | None = None,
+    pool: str | None = None,
 ) -> None:
-    """Start the ``p3s-pilot`` worker, which holds the pilots' Dask cluster."""
-    proc = pilot_worker_process(settings)
+    """Start the ``p3s-pilot`` worker of ``pool`` (the pilots' pool by default), which holds
+    the pool's Dask cluster."""
+    pool = pool or settings.pilots.pool_name
+    assert pool is not None
+    proc = pilot_worker_process(settings, pool)
     argv = [
         prefect_cli(),
         "worker",
         "start",
         "--pool",
-        settings.pilots.pool_name,
+        pool,
         "--type",
         "p3s-pilot",
         "--name",
@@ -237,20 +255,27 @@ def start_pilot_worker(
     process, new = proc.start(argv, _env(env), cwd=settings.home)
     report(
         f"pilot worker {'started' if new else 'already running'} (pid {process.pid}) on pool "
-        f"{settings.pilots.pool_name!r}: {settings.pilots.cluster} pilots, "
+        f"{pool!r}: {settings.pilots.cluster} pilots, "
         f"{settings.pilots.min_pilots}..{settings.pilots.max_pilots}"
     )
+
+
+#: What ``up`` does, in order: (what the operator is told, the step).
+UP_STEPS: list[tuple[str, Callable[[Settings, Report], None]]] = [
+    ("starting the Prefect server", start_server),
+    ("creating the work pool and its priority queues", setup_work_pool),
+    ("applying the deployments of prefect.yaml", deploy),
+    ("starting the pool's pilots (or worker)", start_worker),
+    ("starting the inbox watcher", start_inbox_watcher),
+]
 
 
 def up(settings: Settings, report: Report) -> None:
     """Bring the whole embedded system up, step by step."""
     for folder in (settings.home, settings.run_dir, settings.job_logs, settings.data):
         folder.mkdir(parents=True, exist_ok=True)
-    start_server(settings, report)
-    setup_work_pool(settings, report)
-    deploy(settings, report)
-    start_worker(settings, report)
-    start_inbox_watcher(settings, report)
+    for _, step in UP_STEPS:
+        step(settings, report)
 
 
 @dataclass

@@ -63,7 +63,7 @@ def _noop(_: str) -> None:
 def stack(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
-    """A real Prefect server with the p3s work pool, deployments and a process worker."""
+    """A real Prefect server with the p3s work pool, its deployments and its pilots."""
     from p3s import system
 
     backend = request.param
@@ -82,6 +82,10 @@ def stack(
         ),
         "P3S_KILL_GRACE_SECONDS": "1",
         "P3S_POOL__CONCURRENCY": "4",
+        # The pool's pilots (the default worker): two kept warm, up to four with a backlog.
+        "P3S_PILOTS__MIN_PILOTS": "2",
+        "P3S_PILOTS__MAX_PILOTS": "4",
+        "P3S_PILOTS__IDLE_SECONDS": "120",
     }
     if database_url:
         env["P3S_SERVER__DATABASE_URL"] = database_url

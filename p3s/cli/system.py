@@ -37,13 +37,7 @@ def up(
         get_settings.cache_clear()
     settings = get_settings()
     console.print(f"[bold]p3s up[/bold]  home {settings.home}")
-    steps = [
-        ("starting the Prefect server", system.start_server),
-        ("creating the work pool and its priority queues", system.setup_work_pool),
-        ("applying the deployments of prefect.yaml", system.deploy),
-        ("starting the worker", system.start_worker),
-        ("starting the inbox watcher", system.start_inbox_watcher),
-    ]
+    steps = system.UP_STEPS
     for folder in (settings.home, settings.run_dir, settings.job_logs, settings.data):
         folder.mkdir(parents=True, exist_ok=True)
     try:

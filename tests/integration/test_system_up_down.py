@@ -22,7 +22,9 @@ def p3s(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 
 def recorded_pids(home: Path) -> dict[str, int]:
-    return {p.stem: json.loads(p.read_text())["pid"] for p in (home / "run").glob("*.json")}
+    """The services' pid files (the run folder also holds the pilot counts)."""
+    found = {p.stem: json.loads(p.read_text()) for p in (home / "run").glob("*.json")}
+    return {name: record["pid"] for name, record in found.items() if "pid" in record}
 
 
 def test_up_is_idempotent_and_down_stops_exactly_its_processes(tmp_path: Path) -> None:
@@ -33,10 +35,12 @@ def test_up_is_idempotent_and_down_stops_exactly_its_processes(tmp_path: Path) -
     try:
         first = p3s("up", env=env)
         assert first.returncode == 0, first.stdout + first.stderr
-        assert "Prefect server started" in first.stdout and "worker started" in first.stdout
+        assert "Prefect server started" in first.stdout and "pilot worker started" in first.stdout
         pids = recorded_pids(tmp_path / "home")
-        assert set(pids) == {"prefect-server", "worker-0", "inbox-watch"}
+        assert set(pids) == {"prefect-server", "pilots-p3s", "inbox-watch"}
         assert all(psutil.pid_exists(pid) for pid in pids.values())
+        # The pilots (Dask workers and their fork servers) are children of the pilot worker.
+        pilots = psutil.Process(pids["pilots-p3s"]).children(recursive=True)
 
         again = p3s("up", env=env)
         assert again.returncode == 0, again.stdout + again.stderr
@@ -46,7 +50,7 @@ def test_up_is_idempotent_and_down_stops_exactly_its_processes(tmp_path: Path) -
         assert p3s("status", env=env).returncode == 0
         down = p3s("down", env=env)
         assert down.returncode == 0
-        for pid in pids.values():
+        for pid in [*pids.values(), *(p.pid for p in pilots)]:
             assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
         assert bystander.poll() is None  # untouched
         assert p3s("status", env=env).returncode == 1  # the API no longer answers
