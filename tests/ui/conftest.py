@@ -150,7 +150,9 @@ def _wait_for_health(url: str, proc: subprocess.Popen[bytes], timeout_s: float =
 
 
 @pytest.fixture(scope="session")
-def site(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+def site(
+    stack: Stack, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Site]:
     """The good file through the four DQM deployments (the stack's worker runs them) while a
     corrupt one goes to quarantine in this process, the content app started as by ``p3s up``,
     and a protected Prefect server on the same database."""
@@ -160,6 +162,7 @@ def site(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sit
     from tests.conftest import wait_for_runs
     from tests.dqm.conftest import drain_prefect_clients
 
+    started = time.monotonic()
     home = tmp_path_factory.mktemp("protected-prefect")
     protected_port = free_port()
     server = _start_protected_server(stack, home, protected_port)  # starts while DQM runs
@@ -176,6 +179,12 @@ def site(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sit
         runs = dict(zip(created, finished, strict=True))
         protected_api = f"http://127.0.0.1:{protected_port}/api"
         _wait_for_health(protected_api, server)
+        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(
+                f"tests/ui site ready in {time.monotonic() - started:.0f} s "
+                "(DQM runs, quarantine, content app, protected server)"
+            )
         yield Site(
             stack,
             app_settings,
