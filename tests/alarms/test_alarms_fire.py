@@ -52,9 +52,9 @@ ALARMS = [
 ]
 #: Each incident must be notified this soon (s).
 DEADLINE_S = 60.0
-#: After the last notification, wait this long for duplicates: more than one proactive
-#: evaluation period of the triggers service (5 s) and the no-file window.
-QUIET_S = 12.0
+#: After the last notification, wait this long for duplicates: more than the no-file window
+#: (10 s) plus one proactive evaluation period of the triggers service (5 s).
+QUIET_S = 16.0
 
 
 @dataclass
