@@ -183,6 +183,11 @@ class PilotSettings(BaseModel):
         0.2, description="How often the pilot worker asks for scheduled runs when slots are free."
     )
     scale_seconds: float = Field(2.0, description="How often the pool size is reconsidered (s).")
+    below_target_seconds: float = Field(
+        300.0,
+        description="Fewer pilots connected than required for this long is reported once "
+        "(event p3s.pilots.below-target; the pilots-below-target alarm) (s).",
+    )
 
 
 class AlarmSettings(BaseModel):

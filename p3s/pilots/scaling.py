@@ -86,3 +86,25 @@ def decide(
         backlog=backlog,
         in_flight=in_flight,
     )
+
+
+@dataclass
+class BelowTarget:
+    """An episode of fewer connected pilots than required, reported once when it outlasts
+    ``tolerance_s`` (batch jobs take time to start: a short gap is normal)."""
+
+    tolerance_s: float
+    since: float | None = None
+    reported: bool = False
+
+    def update(self, now: float, connected: int, required: int) -> float | None:
+        """Seconds below target when the episode is to be reported now; else None."""
+        if connected >= required:
+            self.since, self.reported = None, False
+            return None
+        if self.since is None:
+            self.since = now
+        if not self.reported and now - self.since >= self.tolerance_s:
+            self.reported = True
+            return now - self.since
+        return None

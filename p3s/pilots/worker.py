@@ -136,6 +136,7 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
         self._last_counts: PilotCounts | None = None
         self._scope: anyio.CancelScope | None = None
         self._cancelling: set[UUID] = set()
+        self._below_target = scaling.BelowTarget(self.settings.pilots.below_target_seconds)
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -565,9 +566,40 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
             backlog=self._backlog,
             pilots=states,
         )
+        connected = counts.idle + counts.running
+        below_s = self._below_target.update(now, connected, decision.required)
+        if below_s is not None:
+            self._below_target_event(decision.required, connected, counts.starting, below_s)
         if not counts.same_counts(self._last_counts):
             await publish(self.settings, counts)
             self._last_counts = counts
+
+    def _below_target_event(
+        self, required: int, connected: int, starting: int, seconds: float
+    ) -> None:
+        pool = self.pilot_pool
+        assert pool is not None
+        emit_event(
+            event="p3s.pilots.below-target",
+            resource={
+                "prefect.resource.id": f"p3s.pilot-pool.{self._work_pool_name}",
+                "prefect.resource.name": self._work_pool_name,
+                "p3s.cluster": pool.cluster,
+            },
+            payload={
+                "required": required,
+                "connected": connected,
+                "starting": starting,
+                "seconds": round(seconds),
+            },
+        )
+        self._logger.warning(
+            "pilots below target for %.0f s: %s connected, %s required, %s starting",
+            seconds,
+            connected,
+            required,
+            starting,
+        )
 
     def _apply(self, decision: scaling.ScaleDecision) -> None:
         spec = self._cluster.worker_spec

@@ -75,3 +75,16 @@ def test_no_change_when_sized_right() -> None:
 def test_jobtype_tag() -> None:
     assert jobtype_of(["p3s-job", "jobtype:evdisp"]) == "evdisp"
     assert jobtype_of(["p3s"]) is None
+
+
+def test_below_target_is_reported_once_per_episode() -> None:
+    from p3s.pilots.scaling import BelowTarget
+
+    watch = BelowTarget(tolerance_s=60)
+    assert watch.update(0, connected=1, required=3) is None  # a gap starts
+    assert watch.update(59, connected=2, required=3) is None  # not for long enough
+    assert watch.update(61, connected=2, required=3) == 61  # reported
+    assert watch.update(300, connected=2, required=3) is None  # once per episode
+    assert watch.update(301, connected=3, required=3) is None  # the episode ends
+    assert watch.update(302, connected=0, required=1) is None  # a new one
+    assert watch.update(363, connected=0, required=1) == 61
