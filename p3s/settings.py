@@ -55,12 +55,12 @@ class ServerSettings(BaseModel):
     production_redis_url: str = Field(
         "redis://127.0.0.1:6379/0", description="The Redis of the production profile."
     )
-    flow_run_retention_days: float | None = Field(
+    flow_run_retention_days: float = Field(
         14.0,
-        gt=1 / 24,
+        ge=0,
         description="Finished flow runs older than this (by end time) are deleted with their "
         "task runs, logs and artifacts by the server's vacuum (DQM results stay in the "
-        "catalog); None keeps them for ever.",
+        "catalog); 0 keeps them for ever. Prefect's minimum is one hour.",
     )
     event_retention_days: float = Field(
         7.0, description="Events older than this are deleted by the server's vacuum."
@@ -68,6 +68,16 @@ class ServerSettings(BaseModel):
     vacuum_seconds: float = Field(
         3600.0, gt=0, description="How often the server's vacuum looks for old runs (s)."
     )
+
+    @field_validator("flow_run_retention_days")
+    @classmethod
+    def _at_least_an_hour(cls, days: float) -> float:
+        if 0 < days <= 1 / 24:
+            raise ValueError(
+                f"flow_run_retention_days={days} is an hour or less: Prefect keeps runs longer "
+                "than an hour; give more, or 0 to keep them for ever"
+            )
+        return days
 
 
 class PoolSettings(BaseModel):
