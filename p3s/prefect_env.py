@@ -44,7 +44,7 @@ def retention_environment(settings: Settings) -> dict[str, str]:
         "PREFECT_SERVER_SERVICES_DB_VACUUM_LOOP_SECONDS": str(server.vacuum_seconds),
         "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED": "events",
     }
-    if server.flow_run_retention_days is not None:
+    if server.flow_run_retention_days > 0:
         days = server.flow_run_retention_days
         env["PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED"] = "events,flow_runs"
         env["PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD"] = str(int(days * 86400))
