@@ -21,6 +21,7 @@ import asyncpg
 import pytest
 import redis
 
+from p3s.history import INDEXES, ensure_indexes
 from p3s.jobs import P3SJob
 from p3s.settings import PACKAGED_PAYLOADS, Settings
 from tests.conftest import POSTGRES_ADMIN, SCRIPTS, free_port, wait_for_runs
@@ -125,6 +126,15 @@ def test_up_creates_the_database_and_points_the_server_at_postgres_and_redis(
     # Prefect made its schema in that database.
     tables = {r["tablename"] for r in pg("SELECT tablename FROM pg_tables", production.dbname)}
     assert {"flow_run", "flow_run_state", "events"} <= tables
+    # ... and p3s added its run-history indexes to it, valid (built to the end).
+    indexes = pg(
+        "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+        " WHERE c.relname LIKE 'ix_p3s_%' AND i.indisvalid",
+        production.dbname,
+    )
+    assert {r["relname"] for r in indexes} == set(INDEXES)
+    url = f"postgresql://postgres@127.0.0.1:5432/{production.dbname}"
+    assert asyncio.run(ensure_indexes(url)) == []  # applying them again changes nothing
     # The server's consumers (event persister, triggers, ...) read the Redis stream as groups.
     groups = {g["name"].decode() for g in production.redis.xinfo_groups("events")}
     assert groups, "no consumer group reads the events stream"
