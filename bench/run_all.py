@@ -158,6 +158,25 @@ def run_one(bench: Bench, quick: bool) -> dict:
     return record
 
 
+def import_log(bench: Bench, command: str) -> dict:
+    """A record from ``bench/results/<name>.log`` of an earlier run of ``command``."""
+    log = RESULTS_DIR / f"{bench.name}.log"
+    summary = parse_bench_line(log.read_text(errors="replace"))
+    if summary is None:
+        raise SystemExit(f"{log} has no BENCH line: run the benchmark first")
+    taken = datetime.fromtimestamp(log.stat().st_mtime, UTC)
+    return {
+        "bench": bench.name,
+        "what": bench.what,
+        "command": command,
+        "quick": False,
+        "machine": machine(),
+        "date": taken.strftime("%Y-%m-%d %H:%M UTC"),
+        "load_avg": summary.get("load_avg", ""),
+        "figures": summary["figures"],
+    }
+
+
 def fmt(value: float | None) -> str:
     if value is None:
         return ""
@@ -215,9 +234,21 @@ def main() -> int:
     parser.add_argument(
         "--render-only", action="store_true", help="rewrite RESULTS.md from RESULTS.json"
     )
+    parser.add_argument(
+        "--import-log",
+        nargs=2,
+        metavar=("NAME", "COMMAND"),
+        help="record bench/results/NAME.log of an earlier run of COMMAND (a long benchmark "
+        "run on its own) instead of running it",
+    )
     args = parser.parse_args()
     RESULTS_DIR.mkdir(exist_ok=True)
     records = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else {}
+    if args.import_log:
+        name, command = args.import_log
+        records[name] = import_log(next(b for b in BENCHES if b.name == name), command)
+        RESULTS_JSON.write_text(json.dumps(records, indent=1))
+        args.render_only = True
     if not args.render_only:
         chosen = [b for b in BENCHES if (not args.only or b.name in args.only)]
         for bench in [b for b in chosen if b.name not in args.skip]:
