@@ -21,6 +21,7 @@ import httpx
 
 from p3s import backends, history
 from p3s.prefect_env import client_environment, server_environment
+from p3s.prefect_server import seed_sqlite
 from p3s.services import ManagedProcess
 from p3s.settings import PROJECT_DIR, Settings
 
@@ -92,7 +93,10 @@ def start_server(settings: Settings, report: Report) -> None:
         str(settings.server.port),
         "--analytics-off",
     ]
-    _, new = proc.start(argv, _env(server_environment(settings)), cwd=settings.home)
+    env = _env(server_environment(settings))
+    if proc.process() is None:
+        seed_sqlite(settings.prefect_database_url, env)
+    _, new = proc.start(argv, env, cwd=settings.home)
     wait_for_api(settings.api_url, 300, proc)  # migrations of a new database
     history.apply(settings.prefect_database_url, report)  # p3s indexes, on Prefect's schema
     state = "started" if new else "already running"
