@@ -50,6 +50,8 @@ ALARMS = [
     "p3s-pilots-lost",
     "p3s-storage-failures",
 ]
+#: What ``p3s alarms test`` sends (kept apart from the alarms).
+TEST_ALARM, TEST_SUBJECT = "p3s-test", "p3s alarm test"
 #: Each incident must be notified this soon (s).
 DEADLINE_S = 60.0
 #: After the last notification, wait this long for duplicates: more than the no-file window
@@ -70,8 +72,16 @@ class Fired:
     def by_alarm(self) -> dict[str, list[dict[str, Any]]]:
         found: dict[str, list[dict[str, Any]]] = {}
         for body in self.receiver.bodies("/json"):
-            found.setdefault(body.get("alarm", "?"), []).append(body)
+            if body.get("alarm") != TEST_ALARM:
+                found.setdefault(body.get("alarm", "?"), []).append(body)
         return found
+
+    def chat(self) -> list[str]:
+        texts = [body["text"] for body in self.receiver.bodies("/chat")]
+        return [text for text in texts if not text.startswith(f"p3s alarm: {TEST_SUBJECT}")]
+
+    def mails(self) -> list[tuple[list[str], str, str]]:
+        return [mail for mail in self.mailbox.mails if mail[1] != TEST_SUBJECT]
 
 
 def _simulate(path: Path, run: int) -> Path:
@@ -263,11 +273,10 @@ def test_prune_deletes_only_p3s_alarms_no_document_names(fired: Fired, tmp_path:
 def test_each_alarm_fires_exactly_once_for_its_incident(fired: Fired) -> None:
     found = fired.by_alarm()
     assert {name: len(bodies) for name, bodies in found.items()} == dict.fromkeys(ALARMS, 1)
-    chat = [body["text"] for body in fired.receiver.bodies("/chat")]
-    assert sorted(chat) == sorted(
+    assert sorted(fired.chat()) == sorted(
         f"p3s alarm: {bodies[0]['subject']}\n{bodies[0]['message']}" for bodies in found.values()
     ), "the chat webhook got the same alarms, as {'text': ...}"
-    mails = sorted((to, subject, body.strip()) for to, subject, body in fired.mailbox.mails)
+    mails = sorted((to, subject, body.strip()) for to, subject, body in fired.mails())
     assert mails == sorted(
         (["shifter@np04.test"], bodies[0]["subject"], bodies[0]["message"])
         for bodies in found.values()
@@ -353,3 +362,18 @@ def test_the_cli_lists_applies_and_reports_data_taking(fired: Fired) -> None:
     assert applied.output.count("unchanged") == len(ALARMS), applied.output
     status = runner.invoke(app, ["alarms", "datataking", "status"])
     assert status.output.strip() == "data taking is on"
+
+
+def test_the_cli_sends_a_test_notification_to_every_target(fired: Fired) -> None:
+    from typer.testing import CliRunner
+
+    from p3s.cli import app
+
+    result = CliRunner().invoke(app, ["alarms", "test"])
+    assert result.exit_code == 0, result.output
+    assert "sent a test notification to: json, chat, email" in result.output
+    (generic,) = [b for b in fired.receiver.bodies("/json") if b.get("alarm") == TEST_ALARM]
+    assert generic["subject"] == TEST_SUBJECT and "nothing is wrong" in generic["message"]
+    chat = [b["text"] for b in fired.receiver.bodies("/chat")]
+    assert sum(text.startswith(f"p3s alarm: {TEST_SUBJECT}\n") for text in chat) == 1
+    assert [m[0] for m in fired.mailbox.mails if m[1] == TEST_SUBJECT] == [["shifter@np04.test"]]
