@@ -229,7 +229,10 @@ class AlarmSettings(BaseModel):
         "stays quiet this long: one notification per incident (s).",
     )
     no_file_seconds: float = Field(
-        600.0, description="While data taking is on, alarm when no file arrived this long (s)."
+        600.0,
+        ge=10,
+        description="While data taking is on, alarm when no file arrived this long (s; Prefect "
+        "watches for an absence at least 10 s).",
     )
     pilots_lost_count: int = Field(
         3, ge=1, description="Alarm when this many pilots of a pool are lost within the cooldown."
