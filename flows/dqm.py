@@ -5,7 +5,7 @@ file's URL (``file_url``) and an optional event limit (``n_events``, p3s's ``P3S
 Each stages the file in (size and adler32 checked; transient storage failures retried with
 backoff), runs its payload in-process, stages every product out to
 ``settings.outbox/runRRRRRR/SSSS/PAYLOAD`` (atomically), records the result in the DQM catalog,
-publishes artifacts and emits ``p3s.dqm.finished``.
+publishes artifacts and emits ``p3s.dqm.value`` (the values alarms watch) and ``p3s.dqm.finished``.
 
 A bad input (corrupt, truncated, wrong version, not HDF5) or a payload error fails the run once,
 with a message naming the fault; the file is left where it is (the life cycle moves it).
