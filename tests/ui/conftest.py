@@ -149,6 +149,16 @@ def _wait_for_health(url: str, proc: subprocess.Popen[bytes], timeout_s: float =
     raise TimeoutError(f"the protected Prefect server at {url} did not answer")
 
 
+def say(request: pytest.FixtureRequest, line: str) -> None:
+    """Print a line on pytest's terminal, past its output capture."""
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None:
+        return
+    with capture.global_and_fixture_disabled():
+        reporter.write_line(line)
+
+
 @pytest.fixture(scope="session")
 def site(
     stack: Stack, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
@@ -179,12 +189,11 @@ def site(
         runs = dict(zip(created, finished, strict=True))
         protected_api = f"http://127.0.0.1:{protected_port}/api"
         _wait_for_health(protected_api, server)
-        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
-            reporter.write_line(
-                f"tests/ui site ready in {time.monotonic() - started:.0f} s "
-                "(DQM runs, quarantine, content app, protected server)"
-            )
+        say(
+            request,
+            f"tests/ui site ready in {time.monotonic() - started:.0f} s "
+            "(DQM runs, quarantine, content app, protected server)",
+        )
         yield Site(
             stack,
             app_settings,
@@ -220,9 +229,7 @@ def browser(request: pytest.FixtureRequest) -> Iterator[Any]:
     driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
     driver.set_page_load_timeout(60)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(f"content-app screenshots: {ARTIFACTS}")
+    say(request, f"content-app screenshots: {ARTIFACTS}")
     try:
         yield driver
     finally:
