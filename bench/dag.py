@@ -119,6 +119,7 @@ def main() -> int:
         {
             "P3S_HOME": str(home),
             "P3S_SERVER__PORT": str(free_port()),
+            "P3S_UI__PORT": str(free_port()),
             "PREFECT_LOGGING_LEVEL": "WARNING",
         }
     )

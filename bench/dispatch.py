@@ -89,6 +89,7 @@ def main() -> None:
         {
             "P3S_HOME": str(home),
             "P3S_SERVER__PORT": str(free_port()),
+            "P3S_UI__PORT": str(free_port()),
             "P3S_PAYLOAD_ROOTS": str(scripts),
             "P3S_POOL__CONCURRENCY": str(args.concurrency),
         }

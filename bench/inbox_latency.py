@@ -223,6 +223,7 @@ def main() -> None:
         {
             "P3S_HOME": str(home),
             "P3S_SERVER__PORT": str(free_port()),
+            "P3S_UI__PORT": str(free_port()),
             "P3S_INBOX__DATATYPES": json.dumps(datatypes),
             "P3S_POOL__WORKER": args.worker,
         }

@@ -165,6 +165,7 @@ def main() -> None:
     base_env = {
         "P3S_HOME": str(home),
         "P3S_SERVER__PORT": str(free_port()),
+        "P3S_UI__PORT": str(free_port()),
         "P3S_PAYLOAD_ROOTS": str(scripts),
         "P3S_POOL__CONCURRENCY": "4",
         # The baseline: the p3s pool served by Prefect's process worker; the pilots get a

@@ -264,6 +264,28 @@ def start_pilot_worker(
     )
 
 
+def apply_alarms(settings: Settings, report: Report) -> None:
+    """Apply the alarms of ``automations/`` (``p3s alarms apply``): idempotent."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from p3s.alarms.apply import apply
+
+    with temporary_settings(updates={PREFECT_API_URL: settings.api_url}):
+        changes = asyncio.run(apply(settings))
+    done = sum(c.action != "unchanged" for c in changes)
+    targets = settings.alarms.webhook_url or settings.alarms.chat_url or settings.alarms.smtp_host
+    report(
+        f"alarms: {len(changes)} applied ({done} created or updated)"
+        + ("" if targets else "; no target configured: they show in the UI and notify nobody")
+    )
+
+
+def start_content_app(settings: Settings, report: Report) -> None:
+    from p3s.ui_extensions.service import start_content_app as start
+
+    start(settings, report)
+
+
 #: What ``up`` does, in order: (what the operator is told, the step).
 UP_STEPS: list[tuple[str, Callable[[Settings, Report], None]]] = [
     ("starting the Prefect server", start_server),
@@ -271,6 +293,8 @@ UP_STEPS: list[tuple[str, Callable[[Settings, Report], None]]] = [
     ("applying the deployments of prefect.yaml", deploy),
     ("starting the pool's pilots (or worker)", start_worker),
     ("starting the inbox watcher", start_inbox_watcher),
+    ("applying the alarms", apply_alarms),
+    ("starting the content app", start_content_app),
 ]
 
 
@@ -297,7 +321,14 @@ def managed(settings: Settings) -> list[ManagedProcess]:
         sorted(settings.run_dir.glob("pilots-*.json")) if settings.run_dir.exists() else []
     )
     workers += [ManagedProcess(p.stem, settings.run_dir, signal.SIGINT) for p in pilot_workers]
-    return [inbox_watcher_process(settings), *workers, server_process(settings)]
+    from p3s.ui_extensions.service import content_app_process
+
+    return [
+        content_app_process(settings),
+        inbox_watcher_process(settings),
+        *workers,
+        server_process(settings),
+    ]
 
 
 def status(settings: Settings) -> list[ServiceStatus]:

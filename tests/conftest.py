@@ -77,6 +77,7 @@ def stack(
     env = {
         "P3S_HOME": str(home),
         "P3S_SERVER__PORT": str(port),
+        "P3S_UI__PORT": str(free_port()),
         "P3S_PAYLOAD_ROOTS": os.pathsep.join(
             [str(PACKAGED_PAYLOADS), str(SCRIPTS), "/usr/bin", "/bin"]
         ),

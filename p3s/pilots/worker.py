@@ -164,6 +164,7 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
         self._scheduled_task_scopes.add(self._scope)
         assert self._runs_task_group is not None
         self._runs_task_group.start_soon(self._scale_loop)
+        self._runs_task_group.start_soon(self._recover_orphans)
 
     async def teardown(self, *exc_info: Any) -> None:
         if self._scope is not None:
@@ -276,7 +277,7 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
         try:
             state = await propose_state(
                 self.client,
-                Pending(message=f"claimed by pilot worker {self.name}"),
+                Pending(message=self._claim_message),
                 flow_run_id=run.id,
             )
         except Abort:
@@ -328,6 +329,71 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
         if self._cancelling_observer is not None:
             self._cancelling_observer.add_in_flight_flow_run_id(run.id)
         return entry
+
+    @property
+    def _claim_message(self) -> str:
+        return f"claimed by pilot worker {self.name}"
+
+    async def _recover_orphans(self) -> None:
+        """Put back to Scheduled the runs an earlier process of this worker (same name: same
+        host and pool) claimed and left Pending or Running when it was killed.
+
+        Local pilots die with the worker's process within a second (each run's child with its
+        pilot), so they are recovered at once; batch pilots live on for the cluster's
+        ``death-timeout`` (60 s) without their scheduler, so those runs are left that long
+        first: a run is never executed twice at the same time.
+        """
+        pool = self.pilot_pool
+        assert pool is not None
+        grace = 0.0 if pool.cluster == "local" else 90.0
+        scope = anyio.CancelScope()  # a scope is entered once: this task gets its own
+        self._scheduled_task_scopes.add(scope)
+        with scope:
+            try:
+                orphans = await self._find_orphans()
+            except Exception as exc:
+                self._logger.warning("could not look for orphaned runs: %s", exc)
+                return
+            if not orphans:
+                return
+            self._logger.warning(
+                "%s run(s) claimed by an earlier process of this worker: rescheduled in %.0f s",
+                len(orphans),
+                grace,
+            )
+            await anyio.sleep(grace)
+            for run_id in orphans:
+                if run_id not in self._in_flight:
+                    await self._reschedule(
+                        run_id, f"its pilot worker {self.name} stopped while it held the run"
+                    )
+
+    async def _find_orphans(self) -> list[UUID]:
+        found: list[UUID] = []
+        offset = 0
+        while True:
+            page = await self.client.read_flow_runs(
+                work_pool_filter=WorkPoolFilter(
+                    name=WorkPoolFilterName(any_=[self._work_pool_name])
+                ),
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(
+                        type=FlowRunFilterStateType(any_=[StateType.PENDING, StateType.RUNNING])
+                    )
+                ),
+                limit=200,
+                offset=offset,
+            )
+            for run in page:
+                if run.id in self._in_flight:
+                    continue
+                states = await self.client.read_flow_run_states(run.id)
+                claims = [st for st in states if st.type == StateType.PENDING]
+                if claims and claims[-1].message == self._claim_message:
+                    found.append(run.id)
+            if len(page) < 200:
+                return found
+            offset += len(page)
 
     # -- outcomes ---------------------------------------------------------------------------
 

@@ -28,7 +28,12 @@ def recorded_pids(home: Path) -> dict[str, int]:
 
 
 def test_up_is_idempotent_and_down_stops_exactly_its_processes(tmp_path: Path) -> None:
-    env = {**os.environ, "P3S_HOME": str(tmp_path / "home"), "P3S_SERVER__PORT": str(free_port())}
+    env = {
+        **os.environ,
+        "P3S_HOME": str(tmp_path / "home"),
+        "P3S_SERVER__PORT": str(free_port()),
+        "P3S_UI__PORT": str(free_port()),
+    }
     for key in [k for k in env if k.startswith("PREFECT_")]:
         del env[key]  # the CLI must find its server from the p3s settings alone
     bystander = subprocess.Popen(["sleep", "300"])  # a process p3s did not start
@@ -37,7 +42,7 @@ def test_up_is_idempotent_and_down_stops_exactly_its_processes(tmp_path: Path) -
         assert first.returncode == 0, first.stdout + first.stderr
         assert "Prefect server started" in first.stdout and "pilot worker started" in first.stdout
         pids = recorded_pids(tmp_path / "home")
-        assert set(pids) == {"prefect-server", "pilots-p3s", "inbox-watch"}
+        assert set(pids) == {"prefect-server", "pilots-p3s", "inbox-watch", "content-app"}
         assert all(psutil.pid_exists(pid) for pid in pids.values())
         # The pilots (Dask workers and their fork servers) are children of the pilot worker.
         pilots = psutil.Process(pids["pilots-p3s"]).children(recursive=True)

@@ -148,3 +148,33 @@ def test_a_killed_pilot_is_lost_and_its_run_completes_elsewhere(
     assert len(starts) == 2 and len(ends) == 1
     assert float(ends[0][2]) > float(starts[1][2])
     wait_for(lambda: local_pilots.counts().get("lost", 0) > lost_before, 30, "the loss counted")
+
+
+def test_a_killed_pilot_worker_leaves_no_run_behind(local_pilots: Pilots, tmp_path: Path) -> None:
+    """SIGKILL of the pilot worker itself (its Dask scheduler and local pilots die with it):
+    the restarted worker puts the run it held back to Scheduled, and it completes once."""
+    from p3s import system
+
+    log = tmp_path / "exec.log"
+    (flow_run,) = run(submit(local_pilots, [job("orphan", log, sleep=3)]))
+    start = wait_for(lambda: records(log), 120, "the payload started")[0]
+    payload_pid = int(start[5])
+    worker = system.pilot_worker_process(local_pilots.settings).process()
+    assert worker is not None
+    worker.kill()
+    wait_for(lambda: not alive(payload_pid), 30, "the payload stopped with its pilot")
+    system.start_pilot_worker(local_pilots.settings, lambda _: None, extra_env=local_pilots.env)
+    (done,) = run(wait_for_runs([flow_run.id], 240))
+    assert done.state.type.value == "COMPLETED", done.state
+    starts = [r for r in records(log) if r[1] == "start"]
+    ends = [r for r in records(log) if r[1] == "end"]
+    assert len(starts) == 2 and len(ends) == 1  # the first execution died unfinished
+    assert float(ends[0][2]) > float(starts[1][2])
+
+    async def messages() -> list[str]:
+        from prefect.client.orchestration import get_client
+
+        async with get_client() as client:
+            return [st.message or "" for st in await client.read_flow_run_states(flow_run.id)]
+
+    assert any("stopped while it held the run" in m for m in run(messages()))
