@@ -5,8 +5,9 @@
   ``user:pass``), every page asks for the same credentials (401 with ``WWW-Authenticate``) and
   the dashboard talks to the API with them. The app learns that the server is protected from
   the server itself (an unauthenticated ``/admin/version`` answers 401) or from its own
-  ``PREFECT_API_AUTH_STRING``; credentials are checked by the server, so the app needs no copy
-  of the secret. A check is remembered for a minute.
+  ``PREFECT_API_AUTH_STRING``; until the server has answered once, the app assumes it is
+  protected. Credentials are checked by the server, so the app needs no copy of the secret. A
+  check is remembered for a minute. The style sheet (``/static/``) holds no data and is public.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from .prefect_api import PrefectApi
 READ_METHODS = frozenset({"GET", "HEAD"})
 REALM = "p3s"
 _CHECK_SECONDS = 60.0
+_RETRY_SECONDS = 5.0
+#: The style sheet holds no data: it is served to anyone (and shows that the app is up).
+PUBLIC_PREFIX = "/static/"
 
 
 def basic_credentials(header: str | None) -> str | None:
@@ -58,12 +62,15 @@ class Access:
         if self._protected and now - self._protected[0] < _CHECK_SECONDS:
             return self._protected[1]
         try:
-            async with httpx.AsyncClient(timeout=5) as client:
+            async with httpx.AsyncClient(timeout=10) as client:
                 answer = await client.get(self.api_url.rstrip("/") + "/admin/version")
             protected = answer.status_code == 401
         except httpx.HTTPError:
-            # The API is down: keep what it said last (open when it never answered).
-            return self._protected[1] if self._protected else False
+            # The API is down or slow: keep what it said last (protected when it never
+            # answered: fail closed), and ask again a few seconds later.
+            last = self._protected[1] if self._protected else True
+            self._protected = (now - _CHECK_SECONDS + _RETRY_SECONDS, last)
+            return last
         self._protected = (now, protected)
         return protected
 
@@ -93,7 +100,7 @@ class Access:
                 status_code=405,
                 headers={"Allow": "GET, HEAD"},
             )
-        if not await self.protected():
+        if request.url.path.startswith(PUBLIC_PREFIX) or not await self.protected():
             return None
         credentials = basic_credentials(request.headers.get("authorization"))
         if credentials is None or not await self.accepts(credentials):

@@ -43,12 +43,16 @@ def test_a_protected_app_refuses_requests_without_the_servers_credentials(
     settings = _protected_settings(site, tmp_path)
     # The protected server itself refuses the anonymous client.
     assert httpx.get(f"{site.protected_api}/admin/version").status_code == 401
-    paths = ["/dashboard", f"/purity?run={RUN}", "/api/summary.json", "/static/p3s.css"]
+    paths = ["/dashboard", f"/purity?run={RUN}", "/api/summary.json", "/runs", "/jobs"]
+    paths += [f"/products/{RUN}/2/beam/pid.png", "/plots/noisy-trend.png"]
     for auth in (None, ("shifter", "wrong"), ("intruder", AUTH.split(":")[1])):
         for answer in asyncio.run(_get(settings, paths, auth)):
             assert answer.status_code == 401, (auth, answer.request.url)
             assert answer.headers["www-authenticate"].startswith('Basic realm="p3s"')
             assert "ok" not in answer.text.lower()
+    # The style sheet holds no data: anyone gets it.
+    (css,) = asyncio.run(_get(settings, ["/static/p3s.css"], None))
+    assert css.status_code == 200 and "font-family" in css.text
 
 
 def test_with_the_credentials_the_app_shows_the_same_data_through_the_protected_api(
