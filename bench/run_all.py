@@ -68,7 +68,7 @@ BENCHES = (
         (),
         ("--latency-jobs", "10", "--throughput-jobs", "40"),
         3600,
-        "p3s job submit -> start and throughput (process worker)",
+        "p3s job submit -> start and throughput on the p3s pool",
     ),
     Bench(
         "inbox_latency",
