@@ -1,9 +1,10 @@
-"""The pilots' work pool (type ``p3s-pilot``) and the deployments that run on it.
+"""A second pilots' work pool (type ``p3s-pilot``) and the deployments that run on it.
 
-The pool gets the same priority queues as the p3s pool (priority-10 served first). Each flow
-that should run on pilots gets a deployment ``<flow name>/<pool name>`` on the pool (for the
-default pool: ``p3s-job/p3s-pilots``), with the same entrypoint as its ``prefect.yaml``
-deployment; ``prefect deployment run 'p3s-job/p3s-pilots'`` then sends runs to the pilots.
+The p3s pool itself is served by pilots (``p3s up``) and gets its deployments from
+``prefect.yaml``. A further pool (a Slurm or HTCondor site beside the local default, say) gets
+the same priority queues (priority-10 served first) and, for each flow that should run there, a
+deployment ``<flow name>/<pool name>`` with the same entrypoint as its ``prefect.yaml``
+deployment: for a pool ``slurm``, ``prefect deployment run 'p3s-job/slurm'``.
 """
 
 from __future__ import annotations
