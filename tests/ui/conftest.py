@@ -163,10 +163,10 @@ def say(request: pytest.FixtureRequest, line: str) -> None:
 def site(
     stack: Stack, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[Site]:
-    """The good file through the four DQM deployments (the stack's worker runs them) while a
-    corrupt one goes to quarantine in this process, the content app started as by ``p3s up``,
-    and a protected Prefect server on the same database."""
-    from p3s.ui_extensions.service import content_app_process, start_content_app
+    """The good file through the four DQM deployments (the stack's pilots or worker run them)
+    while a corrupt one goes to quarantine in this process, the content app that ``p3s up``
+    started, and a protected Prefect server on the same database."""
+    from p3s.ui_extensions.service import start_content_app
 
     from p3s.settings import get_settings
     from tests.conftest import wait_for_runs
@@ -177,14 +177,11 @@ def site(
     protected_port = free_port()
     server = _start_protected_server(stack, home, protected_port)  # starts while DQM runs
     settings = stack.settings
-    app_settings = settings.model_copy(deep=True)
-    app_settings.ui.port = free_port()
-    os.environ["P3S_UI__PORT"] = str(app_settings.ui.port)  # the app process reads it
     get_settings.cache_clear()  # this process works for the stack now
     try:
         created = asyncio.run(_create_runs(_simulate_good_file(settings)))
         corrupt = _quarantine_a_corrupt_file(settings)
-        start_content_app(app_settings, lambda _: None, wait_s=120)
+        start_content_app(settings, lambda _: None, wait_s=120)  # p3s up started it already
         finished = asyncio.run(wait_for_runs([r.id for r in created.values()], timeout_s=300))
         runs = dict(zip(created, finished, strict=True))
         protected_api = f"http://127.0.0.1:{protected_port}/api"
@@ -196,8 +193,8 @@ def site(
         )
         yield Site(
             stack,
-            app_settings,
-            app_settings.ui_url,
+            settings,
+            settings.ui_url,
             raw_name(RUN, SUBRUN),
             corrupt,
             runs,
@@ -205,13 +202,11 @@ def site(
         )
     finally:
         drain_prefect_clients()
-        content_app_process(app_settings).stop()
         server.terminate()
         try:
             server.wait(20)
         except subprocess.TimeoutExpired:
             server.kill()
-        os.environ.pop("P3S_UI__PORT", None)
         get_settings.cache_clear()
 
 
