@@ -18,12 +18,29 @@ if command -v redis-server >/dev/null && ! redis-cli -h 127.0.0.1 -p 6379 ping >
     --dir /var/lib/redis --logfile /var/log/redis/ci.log || true
 fi
 
-set +e
-.venv/bin/python -m pytest "$@"
-rc=$?
-set -e
-if [ "$rc" -eq 5 ]; then
-  echo "pytest collected no test: that is a failure here" >&2
-  exit 1
+# One pytest run; collecting no test at all is a failure here.
+run_pytest() {
+  local rc=0
+  .venv/bin/python -m pytest "$@" || rc=$?
+  if [ "$rc" -eq 5 ]; then
+    echo "pytest collected no test: that is a failure here" >&2
+    rc=1
+  fi
+  return "$rc"
+}
+
+# With arguments: exactly what is asked. Without: the default suite, then the fault suite
+# (tests/faults, marked faults: it breaks a system of its own on purpose and writes its report
+# to test-artifacts/faults-report.md), each a pytest run of its own.
+if [ "$#" -gt 0 ]; then
+  rc=0
+  run_pytest "$@" || rc=$?
+  exit "$rc"
 fi
-exit "$rc"
+rc=0
+run_pytest -m "not faults" || rc=$?
+echo "==> the fault suite (tests/faults)"
+faults_rc=0
+run_pytest -m faults tests/faults || faults_rc=$?
+if [ "$rc" -ne 0 ]; then exit "$rc"; fi
+exit "$faults_rc"
