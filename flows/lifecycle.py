@@ -3,12 +3,14 @@
 Triggered by every ``p3s.dqm.finished`` event (``prefect.yaml``); the event's file name,
 payload, outcome and reason become the parameters. The file goes to used/ once every DQM flow
 of its data type has reported, or to quarantine/ with ``NAME.reason`` if any reported it
-corrupt. Safe to run several times per file.
+corrupt (and a ``p3s.file.quarantined`` event says so, for the dashboard's service log).
+Safe to run several times per file.
 """
 
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
+from prefect.events import emit_event
 
 from p3s.lifecycle import settle
 from p3s.settings import get_settings
@@ -21,4 +23,10 @@ def file_lifecycle(
     """Record what ``payload`` reported for ``file_name`` and settle the file when it can."""
     result = settle(get_settings(), file_name, payload=payload, outcome=outcome, reason=reason)
     get_run_logger().info(str(result))
+    if result.action == "quarantine":  # only the run that moved it
+        emit_event(
+            event="p3s.file.quarantined",
+            resource={"prefect.resource.id": f"p3s.file.{file_name}", "p3s.file.name": file_name},
+            payload={"file": file_name, "reason": result.reason, "outcomes": result.outcomes},
+        )
     return result.action

@@ -42,6 +42,27 @@ def _wait_for_files(folder: Path, names: set[str], timeout_s: float = 240.0) -> 
     raise AssertionError(f"{folder} holds {found}, expected {sorted(names)}")
 
 
+async def _quarantine_events(name: str, timeout_s: float = 60) -> int:
+    """How many p3s.file.quarantined events name the file (waits for the first)."""
+    from prefect.client.orchestration import get_client
+
+    body = {
+        "filter": {
+            "event": {"name": ["p3s.file.quarantined"]},
+            "resource": {"id": [f"p3s.file.{name}"]},
+            "occurred": {"since": "2000-01-01T00:00:00Z"},
+        },
+        "limit": 50,
+    }
+    deadline = time.monotonic() + timeout_s
+    async with get_client() as client:
+        while True:
+            found = (await client.request("POST", "/events/filter", json=body)).json()["events"]
+            if found or time.monotonic() > deadline:
+                return len(found)
+            await asyncio.sleep(1)
+
+
 def test_a_dropped_file_runs_four_dqm_flows_then_is_used_and_replicated_and_a_corrupt_one_is_quarantined(  # noqa: E501
     stack: Stack,
 ) -> None:
@@ -73,6 +94,7 @@ def test_a_dropped_file_runs_four_dqm_flows_then_is_used_and_replicated_and_a_co
     assert corrupt in reason and "corrupt" in reason
     lines = reason.splitlines()[1:]
     assert sorted(line.split(":")[0] for line in lines) == sorted(DQM_DEPLOYMENTS)
+    assert asyncio.run(_quarantine_events(corrupt)) == 1  # said once, for the service log
     # Nothing else was disturbed.
     assert bystander.read_text() == "someone else's file"
     assert (data / "used" / good).exists() and not (data / "quarantine" / good).exists()
