@@ -595,11 +595,7 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
             self._apply(decision)
             emit_event(
                 event="p3s.pilots.scaled",
-                resource={
-                    "prefect.resource.id": f"p3s.pilot-pool.{self._work_pool_name}",
-                    "prefect.resource.name": self._work_pool_name,
-                    "p3s.cluster": pool.cluster,
-                },
+                resource=self._pool_resource(),
                 payload={
                     "message": decision.message,
                     "required": decision.required,
@@ -640,18 +636,21 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
             await publish(self.settings, counts)
             self._last_counts = counts
 
+    def _pool_resource(self) -> dict[str, str]:
+        """The resource of the pool's events (p3s.pilots.scaled, p3s.pilots.below-target)."""
+        assert self.pilot_pool is not None
+        return {
+            "prefect.resource.id": f"p3s.pilot-pool.{self._work_pool_name}",
+            "prefect.resource.name": self._work_pool_name,
+            "p3s.cluster": self.pilot_pool.cluster,
+        }
+
     def _below_target_event(
         self, required: int, connected: int, starting: int, seconds: float
     ) -> None:
-        pool = self.pilot_pool
-        assert pool is not None
         emit_event(
             event="p3s.pilots.below-target",
-            resource={
-                "prefect.resource.id": f"p3s.pilot-pool.{self._work_pool_name}",
-                "prefect.resource.name": self._work_pool_name,
-                "p3s.cluster": pool.cluster,
-            },
+            resource=self._pool_resource(),
             payload={
                 "required": required,
                 "connected": connected,
