@@ -315,6 +315,22 @@ def test_storage_server_restarted_during_stage_in(
     finally:
         catalog.dispose()
     fault.notes.append(f"catalog: products of runs {numbers} unique and present in the outbox")
+    retried = [t for t in _stage_ins(ids) if t.run_count >= 2]
+    fault.notes.append(f"stage-in tasks that were retried across the restart: {len(retried)}")
+
+
+def _stage_ins(flow_run_ids: list[uuid.UUID]) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    async def _read() -> list[Any]:
+        async with get_client() as client:
+            tasks = await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=flow_run_ids))
+            )
+        return [t for t in tasks if t.name.startswith("stage-in")]
+
+    return asyncio.run(_read())
 
 
 # --------------------------------------------------------------------------------------------
