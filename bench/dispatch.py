@@ -76,6 +76,12 @@ def main() -> None:
     parser.add_argument("--latency-jobs", type=int, default=100)
     parser.add_argument("--throughput-jobs", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument(
+        "--worker",
+        choices=["pilots", "process"],
+        default="pilots",
+        help="what serves the p3s pool (p3s up's default: pilots)",
+    )
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="p3s-bench-"))
@@ -92,6 +98,7 @@ def main() -> None:
             "P3S_UI__PORT": str(free_port()),
             "P3S_PAYLOAD_ROOTS": str(scripts),
             "P3S_POOL__CONCURRENCY": str(args.concurrency),
+            "P3S_POOL__WORKER": args.worker,
         }
     )
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -122,7 +129,7 @@ def main() -> None:
         system.down(settings, lambda line: None)
     lat = res["latency"]
     p50, p95 = pct(lat, 0.5), pct(lat, 0.95)
-    print(f"p3s (process worker, concurrency {args.concurrency}), {len(lat)} jobs one at a time:")
+    print(f"p3s ({args.worker}, concurrency {args.concurrency}), {len(lat)} jobs one at a time:")
     print(
         f"  submit -> payload start p50 {p50:.2f} s, p95 {p95:.2f} s "
         f"(ratio to baseline p50: {p50 / pct(base_lat, 0.5):.0f}x)"
