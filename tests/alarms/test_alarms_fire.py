@@ -181,6 +181,8 @@ def fired(stack: Stack) -> Iterator[Fired]:
         folder = settings.data / "alarms-test"
         folder.mkdir(parents=True, exist_ok=True)
         try:
+            # `p3s up` applied the alarms (no target): start from none, to see them created.
+            asyncio.run(alarms_apply.delete_all())
             first = asyncio.run(alarms_apply.apply(settings, prune=True))
             started = time.monotonic()
             # Data taking on, one file, then silence: the no-file window runs meanwhile.
