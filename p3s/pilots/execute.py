@@ -217,8 +217,12 @@ def child_main(
 
 
 def stop_tree(pid: int, grace_s: float) -> None:
-    """SIGTERM a child and every process group below it (payloads run in their own
-    sessions), then SIGKILL whatever is left after ``grace_s`` seconds."""
+    """SIGTERM every process group below a child (payloads run in their own sessions) and
+    SIGKILL the child itself at once, then SIGKILL whatever is left after ``grace_s`` seconds.
+
+    The child gets no SIGTERM: Prefect's engine in it would report the stop as a crash, and
+    the run is to end Cancelled (the pilot worker sets that when the child is gone).
+    """
     try:
         root = psutil.Process(pid)
         family = [root, *root.children(recursive=True)]
@@ -232,7 +236,7 @@ def stop_tree(pid: int, grace_s: float) -> None:
         with contextlib.suppress(OSError):
             os.killpg(group, signal.SIGTERM)
     with contextlib.suppress(psutil.NoSuchProcess):
-        root.terminate()
+        root.kill()
     _, alive = psutil.wait_procs(family, timeout=grace_s)
     for group in groups:
         with contextlib.suppress(OSError):

@@ -424,7 +424,10 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
         code = result.get("exit_code")
         pilot = result.get("pilot")
         if result.get("cancelled"):
-            return 0  # set Cancelled before its child was stopped
+            await self._set_state(
+                entry.run_id, Cancelled(message=f"cancelled: payload stopped on pilot {pilot}")
+            )
+            return 0
         if code == 0:
             return 0
         run = await self.client.read_flow_run(entry.run_id)
@@ -515,9 +518,6 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
         if flow_run_id in self._cancelling:
             return
         self._cancelling.add(flow_run_id)
-        # Cancelled first, then the child is signalled: its engine would report the SIGTERM as
-        # a crash, and a final state is not left for another.
-        await self._set_state(flow_run_id, Cancelled(message="cancelled: payload stopped"))
         found = await self._dask.run(
             execute.cancel_local, str(flow_run_id), CANCEL_GRACE_S, on_error="return"
         )
@@ -525,6 +525,7 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
             # Not started on a pilot yet: drop the task; its child would refuse it anyway.
             with contextlib.suppress(Exception):
                 await entry.future.cancel()
+            await self._set_state(flow_run_id, Cancelled(message="cancelled before it started"))
 
     # -- scaling and counts -----------------------------------------------------------------
 
