@@ -70,7 +70,8 @@ def production(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Production]
     home = tmp_path_factory.mktemp("p3s-production")
     dbname = f"p3s_prod_{uuid.uuid4().hex[:12]}"
     redis_db = free_redis_db()
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
+    # Nothing of another stack of this session (its database, home, ports) may leak in.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "P3S_"))}
     env.update(
         {
             "P3S_HOME": str(home),
