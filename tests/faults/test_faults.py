@@ -12,6 +12,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from p3s import system
 from p3s.jobs import P3SJob
 from tests.faults.accounting import FINAL, FaultRecord, final_runs
 from tests.faults.conftest import FAULT_PAYLOADS, FaultSystem
+from tests.pilots.conftest import wait_for as poll_until
 from tests.xrootd_server import XRootDServer
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.postgres]
@@ -54,14 +56,8 @@ def starts(log: Path) -> list[list[str]]:
     return [line.split() for line in lines if line.split()[1] == "start"]
 
 
-def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.3) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise TimeoutError(f"{what} not within {timeout_s:.0f} s")
+#: The pilot tests' poll, at the interval these tests used.
+wait_for = partial(poll_until, interval_s=0.3)
 
 
 def settle_jobs(fault: FaultRecord, ids: list[uuid.UUID], log: Path, timeout_s: float = 600):
