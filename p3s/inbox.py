@@ -26,7 +26,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -180,6 +180,7 @@ class InboxScanner:
         self.clock = clock
         self.wall = wall
         self._seen: dict[str, _Seen] = {}
+        self._closed: set[str] = set()
         self._unannounced_since: dict[str, float] = {}
         self._reported: set[tuple[str, str]] = set()
         self._down_until = 0.0
@@ -198,13 +199,16 @@ class InboxScanner:
 
     # ----------------------------------------------------------------------------------------
 
-    def scan(self, *, first_pass: bool = False) -> ScanReport:
+    def scan(self, *, first_pass: bool = False, closed: Iterable[str] = ()) -> ScanReport:
         """One pass over claimed/ (announcements owed) and the inbox (new files).
 
         Args:
             first_pass: announce every unannounced claim now, without waiting
                 ``retry_seconds`` (for a one-shot scan, which has no memory of earlier ones).
+            closed: names the kernel saw closed after writing or renamed into the inbox
+                since the last scan (:mod:`p3s.inbox_notify`): complete without settling.
         """
+        self._closed.update(closed)
         report = ScanReport()
         if self.clock() < self._down_until:
             return report
@@ -214,6 +218,7 @@ class InboxScanner:
         present = {entry.name for entry in entries}
         for name in [n for n in self._seen if n not in present]:
             del self._seen[name]  # it left the inbox (claimed elsewhere, or removed)
+        self._closed &= present
         for entry in entries:
             if not self._claimable(entry, report):
                 continue
@@ -256,23 +261,28 @@ class InboxScanner:
         return True
 
     def _complete(self, entry: Entry) -> bool:
-        """Whether size and mtime have been stable for ``settle_seconds``."""
+        """Whether the file was closed after writing (local inbox), or its size and mtime have
+        been stable for ``settle_seconds``."""
+        if entry.name in self._closed:
+            return True
         now = self.clock()
         seen = self._seen.get(entry.name)
         if seen is None or (seen.size, seen.mtime) != (entry.size, entry.mtime):
             self._seen[entry.name] = seen = _Seen(entry.size, entry.mtime, now)
-            # First sight: complete only if its mtime says it has not changed for long enough.
-            if entry.mtime is None:
-                return False
-            # Whole-second mtimes (XRootD) may be up to 1 s older than the last write.
-            resolution = 1.0 if float(entry.mtime).is_integer() else 0.0
-            return self.wall() - entry.mtime - resolution >= self.settle_seconds
-        return now - seen.since >= self.settle_seconds
+        elif now - seen.since >= self.settle_seconds:
+            return True
+        # Complete too if its mtime says it has not changed for long enough.
+        if entry.mtime is None:
+            return False
+        # Whole-second mtimes (XRootD) may be up to 1 s older than the last write.
+        resolution = 1.0 if float(entry.mtime).is_integer() else 0.0
+        return self.wall() - entry.mtime - resolution >= self.settle_seconds
 
     def _claim(self, entry: Entry, report: ScanReport) -> bool:
         layout = self.layout
         name = entry.name
         self._seen.pop(name, None)
+        self._closed.discard(name)
         try:
             taken = move(layout.inbox, layout.claimed, name)
         except FileExistsError:
@@ -349,18 +359,25 @@ def watch(
     emit: Emitter | None = None,
     stop: Callable[[], bool] = lambda: False,
 ) -> None:
-    """Scan every ``settings.inbox.poll_seconds`` until ``stop()`` says so.
+    """Scan every ``settings.inbox.poll_seconds``, and at once when a local file completes
+    (``settings.inbox.notify``), until ``stop()`` says so.
 
     Storage errors are reported and retried on the next pass; they never end the watch.
     """
+    from p3s.inbox_notify import InboxNotifier
     from p3s.lifecycle import sweep
 
     scanner = InboxScanner.from_settings(settings, emit)
+    inbox = scanner.layout.inbox
+    notifier = None
+    if settings.inbox.notify and inbox.local:
+        notifier = InboxNotifier.open(inbox.fs()[1])
     first = True
     next_sweep = time.monotonic() + SWEEP_SECONDS
     while not stop():
         try:
-            result = scanner.scan(first_pass=first)
+            closed = notifier.take() if notifier else set()
+            result = scanner.scan(first_pass=first, closed=closed)
             first = False
             report(result)
             if time.monotonic() >= next_sweep:
@@ -369,4 +386,9 @@ def watch(
                     log.info("life cycle (sweep): %s", settled)
         except (OSError, StorageError, UnsafeName) as exc:
             log.error("inbox scan failed (retrying): %s", exc)
-        time.sleep(settings.inbox.poll_seconds)
+        if notifier is None:
+            time.sleep(settings.inbox.poll_seconds)
+        else:
+            notifier.wait(settings.inbox.poll_seconds)
+    if notifier is not None:
+        notifier.close()

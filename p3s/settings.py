@@ -134,6 +134,12 @@ class InboxSettings(BaseModel):
         1.0,
         description="A file is complete once its size and mtime stayed the same this long (s).",
     )
+    notify: bool = Field(
+        True,
+        description="On a local inbox, take a file closed after writing or renamed in as "
+        "complete at once (Linux inotify) and scan the moment one is; files written from "
+        "another host still settle for settle_seconds.",
+    )
     emit_timeout_seconds: float = Field(
         5.0, description="How long one event post to the Prefect API may take (s)."
     )
