@@ -4,7 +4,8 @@ Brings up its own embedded system with the code of ``p3s up`` (Prefect server on
 p3s work pool and its warm local pilots, or Prefect's process worker with ``--worker process``,
 the deployments, the ``p3s inbox watch`` process) under a temporary home and a free port,
 with the default local inbox and default settings (scan every 0.5 s and on each inotify
-event; a file renamed in is complete at once, others once size and mtime are stable for 1 s). A bench data type (``bench_NNNNNN.dat``) feeds a no-op
+event; a file renamed in is complete at once, others once size and mtime are stable for 1 s).
+A bench data type (``bench_NNNNNN.dat``) feeds a no-op
 deployment through an event trigger exactly like the DQM deployments' (``p3s.file.arrived``,
 ``file_url`` from the event), so what is timed is the dispatch path, not a payload.
 
