@@ -171,12 +171,31 @@ def _suspension_observed_in_background(*args: Any, **kwargs: Any) -> Iterator[No
         stop.set()
 
 
-def _start_runs_without_waiting_for_the_suspension_observer() -> None:
+def _heartbeats_not_joined(engine: Any, join_on_exit: bool = True) -> Any:
+    """Prefect's flow-run heartbeats, without joining their thread when the run ends.
+
+    Prefect's heartbeat thread sleeps in whole seconds (``time.sleep(1)``) between checks of
+    its stop flag, and the sync engine joins it after the final state: every run's end
+    waited 0 to 1 s (0.98 s in a profile of 10 empty runs here), a pilot slot held for
+    nothing. The thread (a daemon) still stops at its next check and sends no heartbeat
+    after the final state.
+    """
+    from prefect import flow_engine
+
+    return flow_engine._p3s_send_heartbeats(engine, join_on_exit=False)  # type: ignore[attr-defined]
+
+
+def skip_engine_waits() -> None:
+    """Patch the two waits of Prefect's sync flow engine that a pilot's child does not need
+    (see :func:`_suspension_observed_in_background` and :func:`_heartbeats_not_joined`)."""
     from prefect import flow_engine
 
     if not hasattr(flow_engine, "_p3s_observe_flow_run_suspension"):
         flow_engine._p3s_observe_flow_run_suspension = flow_engine.observe_flow_run_suspension  # type: ignore[attr-defined]
         flow_engine.observe_flow_run_suspension = _suspension_observed_in_background  # type: ignore[assignment]
+    if not hasattr(flow_engine, "_p3s_send_heartbeats"):
+        flow_engine._p3s_send_heartbeats = flow_engine._send_heartbeats  # type: ignore[attr-defined]
+        flow_engine._send_heartbeats = _heartbeats_not_joined  # type: ignore[assignment]
 
 
 def child_main(
@@ -191,7 +210,7 @@ def child_main(
     from prefect.flow_engine import load_flow_run, run_flow
     from prefect.logging.loggers import flow_run_logger
 
-    _start_runs_without_waiting_for_the_suspension_observer()
+    skip_engine_waits()
 
     flow_run = load_flow_run(UUID(run_id))
     if flow_run.state is None or not flow_run.state.is_pending():
