@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import statistics
 import sys
@@ -27,6 +28,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from benchlib import baseline, free_port, pct, wait_started
 
@@ -110,6 +112,52 @@ async def throughput(job, n: int, deployment: str) -> tuple[float, int]:
     runs = await submit_jobs([job] * n, deployment=deployment)
     done = await wait_for_jobs([r.id for r in runs], 3600, poll_s=2.0)
     return n / (time.time() - t0), sum(r.state.type.value == "COMPLETED" for r in done)
+
+
+def _empty_runs(n: int, out: Any) -> None:
+    """Child of :func:`prefect_ceiling`: ``n`` empty flow runs, created and run in-process."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.flow_engine import run_flow
+
+    from p3s.pilots.execute import skip_engine_waits
+
+    skip_engine_waits()  # as in a pilot's child
+    # Quiet on the console; the logs still go to the API, as a pilot child's do.
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for name in ("prefect.flow_runs", "prefect.task_runs", "prefect"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if isinstance(handler, PrefectConsoleHandler):
+                logger.removeHandler(handler)
+
+    @flow(name="bench-empty", persist_result=False)
+    def empty() -> None:
+        return None
+
+    with get_client(sync_client=True) as client:
+        for _ in range(n):
+            run_flow(empty, flow_run=client.create_flow_run(empty), return_type="state")
+    out.put(n)
+
+
+def prefect_ceiling(n_procs: int, n: int) -> float:
+    """Empty flow runs per second that this server takes from ``n_procs`` client processes,
+    each creating and running its runs in-process one after another: what Prefect's own
+    per-run work (API calls, states, events) allows here, with no worker, pilot or payload."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_empty_runs, args=(n, out)) for _ in range(n_procs)]
+    t0 = time.perf_counter()
+    for proc in procs:
+        proc.start()
+    done = sum(out.get(timeout=600) for _ in procs)
+    for proc in procs:
+        proc.join()
+    return done / (time.perf_counter() - t0)
 
 
 def wait_pilots(settings, pool: str, n: int, timeout_s: float = 300) -> None:
@@ -229,45 +277,55 @@ def main() -> None:
             f"4 pilots, {args.throughput_jobs} trivial jobs at once: {rate:.2f} jobs/s "
             f"({ok} completed; bare loop {base_rate:.1f} jobs/s); {sampler.summary()}"
         )
-
-        system.pilot_worker_process(pilots).stop()
-        pilots = start_pilots(system, base_env, args.many_pilots, args.many_pilots)
+        rate4 = rate
         with Sampler(server_pid) as sampler:
-            rate, ok = asyncio.run(throughput(job, args.queue_jobs, pilot_deployment))
+            ceiling = prefect_ceiling(4, max(10, args.throughput_jobs // 4))
         print(
-            f"{args.many_pilots} pilots, {args.queue_jobs} queued trivial jobs: {rate:.2f} jobs/s "
-            f"({ok} completed); {sampler.summary()}"
+            f"Prefect's ceiling here: empty flow runs created and run in-process by 4 "
+            f"clients: {ceiling:.2f} runs/s; {sampler.summary()} "
+            f"(4 pilots reach {rate4 / ceiling:.0%} of it)"
         )
-        # One machine-readable line for bench/run_all.py.
-        print(
-            "BENCH "
-            + json.dumps(
+
+        figures = [
+            {
+                "figure": "warm pilot submit -> start p50 (s)",
+                "value": pct(pilot_lat, 0.5),
+                "baseline": pct(proc_lat, 0.5),
+                "baseline_label": "process worker",
+            },
+            {
+                "figure": "warm pilot submit -> start p95 (s)",
+                "value": pct(pilot_lat, 0.95),
+                "baseline": pct(proc_lat, 0.95),
+                "baseline_label": "process worker",
+            },
+            {
+                "figure": f"4 pilots, {args.throughput_jobs} trivial jobs (jobs/s)",
+                "value": rate4,
+                "baseline": ceiling,
+                "baseline_label": "Prefect ceiling: empty in-process runs, 4 clients",
+            },
+        ]
+        if args.queue_jobs > 0:
+            system.pilot_worker_process(pilots).stop()
+            pilots = start_pilots(system, base_env, args.many_pilots, args.many_pilots)
+            with Sampler(server_pid) as sampler:
+                rate, ok = asyncio.run(throughput(job, args.queue_jobs, pilot_deployment))
+            print(
+                f"{args.many_pilots} pilots, {args.queue_jobs} queued trivial jobs: "
+                f"{rate:.2f} jobs/s ({ok} completed); {sampler.summary()}"
+            )
+            figures.append(
                 {
-                    "bench": "pilots",
-                    "figures": [
-                        {
-                            "figure": "warm pilot submit -> start p50 (s)",
-                            "value": pct(pilot_lat, 0.5),
-                            "baseline": pct(proc_lat, 0.5),
-                            "baseline_label": "process worker",
-                        },
-                        {
-                            "figure": "warm pilot submit -> start p95 (s)",
-                            "value": pct(pilot_lat, 0.95),
-                            "baseline": pct(proc_lat, 0.95),
-                            "baseline_label": "process worker",
-                        },
-                        {
-                            "figure": f"{args.queue_jobs} queued jobs on "
-                            f"{args.many_pilots} pilots (jobs/s)",
-                            "value": rate,
-                            "baseline": base_rate,
-                            "baseline_label": "bare subprocess loop",
-                        },
-                    ],
+                    "figure": f"{args.queue_jobs} queued jobs on {args.many_pilots} pilots "
+                    "(jobs/s)",
+                    "value": rate,
+                    "baseline": base_rate,
+                    "baseline_label": "bare subprocess loop",
                 }
             )
-        )
+        # One machine-readable line for bench/run_all.py.
+        print("BENCH " + json.dumps({"bench": "pilots", "figures": figures}))
     finally:
         system.down(settings, lambda line: None)
         if args.postgres:
