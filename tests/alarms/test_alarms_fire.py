@@ -343,7 +343,9 @@ def test_pilot_and_storage_alarms_say_what_to_look_at(fired: Fired) -> None:
     assert re.search(r"the latest: pilot-\d \(pilot lost \(pilotTO\)", lost["message"])
     assert "condor_q" in lost["message"]
     (short,) = fired.by_alarm()["p3s-pilots-below-target"]
-    assert "1 pilots connected, 4 required, 3 waiting to start" in short["message"]
+    # Two reports of one incident (1, then 0 connected): the alarm fires once, with the values
+    # of whichever the server's trigger saw first (one may precede the automation's load).
+    assert re.search(r"\b[01] pilots connected, 4 required, 3 waiting to start", short["message"])
     (failures,) = fired.by_alarm()["p3s-storage-failures"]
     assert failures["subject"] == "Storage failures on local"
     assert re.search(r"staging out to it file://\S+/not-a-folder/out-\d\.txt", failures["message"])

@@ -68,10 +68,14 @@ def test_runs_execute_in_turn_on_a_warm_pilot(local_pilots: Pilots, tmp_path: Pa
 
 def test_higher_priority_runs_first(local_pilots: Pilots, tmp_path: Path) -> None:
     log = tmp_path / "exec.log"
-    # Occupy every slot (one or two pilots: the rest of the blockers wait, at a higher priority),
-    # then queue a low and a high priority job while the first blocker runs: high starts first.
+    # Occupy every slot (one or two pilots), then queue a low and a high priority job while the
+    # first blocker runs: high starts first. The blockers end 14 s apart, so that slots free one
+    # at a time (two freed at once would start both jobs together, in no defined order).
     blockers = run(
-        submit(local_pilots, [job(f"block-{i}", log, sleep=8, priority=10) for i in range(2)])
+        submit(
+            local_pilots,
+            [job(f"block-{i}", log, sleep=s, priority=10) for i, s in enumerate((6, 20))],
+        )
     )
     wait_for(lambda: any(r[1] == "start" for r in records(log)), 120, "a blocker started")
     low = run(submit(local_pilots, [job("low", log, priority=1)]))
