@@ -97,6 +97,13 @@ BENCHES = (
         "warm pilots against the process worker; queued jobs per second",
     ),
     Bench(
+        "inbox_load",
+        ("--rate", "0.1", "--minutes", "10", "--drain-minutes", "8"),
+        ("--rate", "0.1", "--minutes", "2", "--drain-minutes", "3"),
+        1800,
+        "files at a steady rate through all four DQM flows: arrival -> result",
+    ),
+    Bench(
         "history",
         (),
         ("--runs", "20000", "--repeat", "5"),

@@ -23,13 +23,16 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import importlib
 import multiprocessing
 import os
 import signal
+import ssl
 import sys
 import threading
 import time
+import types
 from collections.abc import Iterator
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import BaseContext
@@ -198,6 +201,33 @@ def skip_engine_waits() -> None:
         flow_engine._send_heartbeats = _heartbeats_not_joined  # type: ignore[assignment]
 
 
+class _SslWithSharedContexts(types.ModuleType):
+    """The ``ssl`` module as Prefect's client module sees it, with ``create_default_context``
+    memoised (see :func:`share_tls_contexts`)."""
+
+    def __init__(self) -> None:
+        super().__init__("ssl")
+        self.create_default_context = functools.lru_cache(maxsize=8)(ssl.create_default_context)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(ssl, name)
+
+
+def share_tls_contexts() -> None:
+    """Let every Prefect client of this process share one TLS context per CA file.
+
+    Each ``PrefectClient``/``SyncPrefectClient`` builds a fresh ``ssl`` context and loads
+    certifi's CA bundle into it, even for plain-HTTP servers: 29 ms of CPU each, and Prefect's
+    engine makes three clients per flow run (profiled here: 86 ms of the 328 ms of client CPU
+    per run). A context is safe to share between clients; Prefect only ever sets the same
+    options on it.
+    """
+    from prefect.client import orchestration
+
+    if not isinstance(orchestration.ssl, _SslWithSharedContexts):
+        orchestration.ssl = _SslWithSharedContexts()  # type: ignore[assignment]
+
+
 def child_main(
     run_id: str, entrypoint: str, pilot: str, pilot_pid: int, done: Connection | None = None
 ) -> None:
@@ -211,6 +241,7 @@ def child_main(
     from prefect.logging.loggers import flow_run_logger
 
     skip_engine_waits()
+    share_tls_contexts()
 
     flow_run = load_flow_run(UUID(run_id))
     if flow_run.state is None or not flow_run.state.is_pending():

@@ -26,3 +26,12 @@ def _import_flows() -> None:
 
 
 _import_flows()
+# One TLS context for every client of every child, built here once (see share_tls_contexts).
+with contextlib.suppress(Exception):
+    import certifi
+    from prefect.client import orchestration
+
+    from p3s.pilots.execute import share_tls_contexts
+
+    share_tls_contexts()
+    orchestration.ssl.create_default_context(cafile=certifi.where())  # as Prefect calls it
