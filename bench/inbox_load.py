@@ -54,7 +54,6 @@ def set_run(path: Path, run: int) -> None:
 
 def simulate_files(folder: Path, n: int, n_events: int) -> list[Path]:
     """``n`` distinct reduced-geometry raw files (runs 70000.., subrun 1)."""
-    from p3s.payloads.rawformat import raw_filename
     from p3s.payloads.simulate import simulate_file
 
     folder.mkdir(parents=True, exist_ok=True)

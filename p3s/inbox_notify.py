@@ -4,8 +4,8 @@ A scan every ``poll_seconds`` plus ``settle_seconds`` of size stability is what 
 allows, and it costs a second or more of every file's latency. On a local inbox the kernel says
 when a file is complete: its writer closed it after writing (``IN_CLOSE_WRITE``) or it was
 renamed into the folder in one step (``IN_MOVED_TO``, what transfer tools and ``p3s demo`` do).
-:class:`InboxNotifier` collects those names; the scanner takes them as complete at once (if the
-size has not changed since), and the watch wakes on them instead of sleeping out its poll.
+:class:`InboxNotifier` collects those names; the scanner takes them as complete at once, and
+the watch wakes on them instead of sleeping out its poll.
 
 Files written from another host (NFS, a FUSE mount of EOS) raise no inotify event here: they
 are found by the regular scan and settle as before. Remote inboxes (``root://``) have no
@@ -32,9 +32,6 @@ class InboxNotifier:
         self._inotify = INotify()
         self._inotify.add_watch(os.fspath(folder), _MASK)
         self._closed: set[str] = set()
-        #: True after the kernel's event queue overflowed: some names were missed (the scan
-        #: still finds those files; they settle the slow way).
-        self.overflowed = False
 
     @classmethod
     def open(cls, folder: str | os.PathLike[str]) -> InboxNotifier | None:
@@ -46,15 +43,15 @@ class InboxNotifier:
             log.warning("inbox: no inotify on %s (%s); polling only", folder, exc)
             return None
 
-    def wait(self, timeout_s: float) -> bool:
-        """Block until a file completes or ``timeout_s`` passes; whether one completed."""
+    def wait(self, timeout_s: float) -> None:
+        """Block until a file completes or ``timeout_s`` passes."""
         events = self._inotify.read(timeout=max(0, int(timeout_s * 1000)))
         for event in events:
             if event.mask & flags.Q_OVERFLOW:
-                self.overflowed = True
+                # Names were missed; the scan still finds those files, and they settle.
+                log.warning("inbox: inotify queue overflowed; missed files settle as polled")
             elif event.name:
                 self._closed.add(event.name)
-        return bool(self._closed)
 
     def take(self) -> set[str]:
         """The names completed since the last call (without blocking)."""

@@ -342,33 +342,30 @@ class _Accumulator:
         # Persistent FFTs are filled in place: a second copy of 120 fibers x 400 kB would cost
         # as much in page faults as the histogramming itself.
         self.persistent: dict[int, hist.Hist] = {}
-        self._persistent_counts: dict[int, np.ndarray] = {}
         self._freq_axis = binning.frequency_axis()
         self._power_axis = hist.axis.Regular(
             DB_BINS, *DB_RANGE, name="power", label="PSD [dB re 1 ADC^2/Hz]"
         )
         self.pds: dict[str, np.ndarray] | None = None
         self.pds_samples = 0
-        self._power = np.empty((0, binning.n_freq), dtype=np.float32)
+        # Per-fiber work buffers, reused from fiber to fiber (fresh 3 MB arrays each time would
+        # cost their page faults again and again).
+        rows_max = max(_n_rows(geometry.rows_of_fiber(int(f))) for f in geometry.fibers)
+        self._scratch = np.empty((rows_max, binning.n_ticks), dtype=np.float32)
+        self._power = np.empty((rows_max, binning.n_freq), dtype=np.float32)
 
-    def reserve(self, rows: int) -> None:
-        """Allocate the power buffer for fiber blocks of up to ``rows`` rows."""
-        self._power = np.empty((rows, self.binning.n_freq), dtype=np.float32)
-
-    def add_fiber(
-        self, fiber: int, rows: slice | np.ndarray, block: np.ndarray, scratch: np.ndarray
-    ) -> None:
+    def add_fiber(self, fiber: int, rows: slice | np.ndarray, block: np.ndarray) -> None:
         """Add one fiber block (``uint16`` ``(rows, ticks)``) of one event."""
         ped, rms = dataprep.pedestal_and_rms(block, step=NOISE_STEP)
         self.ped[-1][rows] = ped
         self.rms[-1][rows] = rms
         n = block.shape[0]
-        power = power_spectra(block, ped, self.binning, scratch[:n], self._power[:n])
+        power = power_spectra(block, ped, self.binning, self._scratch[:n], self._power[:n])
         profile = power.sum(axis=0)
         counts = persistent_counts(power, self.binning)
         if fiber in self.profile:
             self.profile[fiber] += profile
-            self._persistent_counts[fiber] += counts
+            self.persistent[fiber].view(flow=True)[...] += counts
         else:
             self.profile[fiber] = profile.astype(np.float64)
             persistent = hist.Hist(
@@ -377,9 +374,8 @@ class _Accumulator:
                 storage=hist.storage.Double(),
                 label=f"persistent FFT, fiber {fiber}",
             )
+            persistent.view(flow=True)[...] = counts
             self.persistent[fiber] = persistent
-            self._persistent_counts[fiber] = persistent.view(flow=True)
-            self._persistent_counts[fiber][...] = counts
 
     def add_pds(self, wave: np.ndarray | None) -> None:
         """Add one event's photon-detector waveforms (or nothing when absent)."""
@@ -406,14 +402,11 @@ def accumulate(raw: RawFile, *, n_events: int | None = None) -> _Accumulator:
     """Stream the events of ``raw`` one fiber at a time into an accumulator."""
     binning = SpectrumBinning.for_readout(raw.n_ticks, raw.tick_us)
     acc = _Accumulator(raw.geometry, binning)
-    rows_max = max(_n_rows(raw.geometry.rows_of_fiber(int(f))) for f in raw.geometry.fibers)
-    scratch = np.empty((rows_max, raw.n_ticks), dtype=np.float32)
-    acc.reserve(rows_max)
     for i in _iter_events(raw, n_events):
         acc.ped.append(np.zeros(raw.geometry.n_channels, np.float32))
         acc.rms.append(np.zeros(raw.geometry.n_channels, np.float32))
         for fiber, rows, block in raw.iter_fibers(i):
-            acc.add_fiber(fiber, rows, block, scratch)
+            acc.add_fiber(fiber, rows, block)
         acc.add_pds(raw.read_pds(i))
         acc.n_events += 1
     return acc
