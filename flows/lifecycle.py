@@ -12,7 +12,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.events import emit_event
 
-from p3s.lifecycle import settle
+from p3s.lifecycle import quarantined_event, settle
 from p3s.settings import get_settings
 
 
@@ -24,9 +24,5 @@ def file_lifecycle(
     result = settle(get_settings(), file_name, payload=payload, outcome=outcome, reason=reason)
     get_run_logger().info(str(result))
     if result.action == "quarantine":  # only the run that moved it
-        emit_event(
-            event="p3s.file.quarantined",
-            resource={"prefect.resource.id": f"p3s.file.{file_name}", "p3s.file.name": file_name},
-            payload={"file": file_name, "reason": result.reason, "outcomes": result.outcomes},
-        )
+        emit_event(**quarantined_event(file_name, result.reason, result.outcomes))
     return result.action

@@ -299,6 +299,7 @@ class InboxScanner:
             layout.quarantine.write_text(f"{name}.reason", f"{name}: {fault}\n")
             move(layout.claimed, layout.quarantine, name)
             self._report_once(report.refused, (name, fault), "refused")
+            _emit_quarantined(self, name, fault)
             return False
         report.claimed.append(name)
         log.info("inbox: claimed %s", name)
@@ -340,6 +341,17 @@ class InboxScanner:
             if not self._announce(announcement, report):
                 return False
         return True
+
+
+def _emit_quarantined(
+    scanner: InboxScanner, name: str, reason: str, outcomes: dict[str, str] | None = None
+) -> None:
+    from p3s.lifecycle import quarantined_event
+
+    try:
+        scanner.emit(quarantined_event(name, reason, outcomes))
+    except EmitError as exc:  # the file is in quarantine/ with its reason all the same
+        log.error("could not announce that %s was quarantined: %s", name, exc)
 
 
 def scan_once(settings: Settings, emit: Emitter | None = None) -> ScanReport:
@@ -384,6 +396,8 @@ def watch(
                 next_sweep = time.monotonic() + SWEEP_SECONDS
                 for settled in sweep(settings):
                     log.info("life cycle (sweep): %s", settled)
+                    if settled.action == "quarantine":
+                        _emit_quarantined(scanner, settled.name, settled.reason, settled.outcomes)
         except (OSError, StorageError, UnsafeName) as exc:
             log.error("inbox scan failed (retrying): %s", exc)
         if notifier is None:

@@ -24,6 +24,7 @@ import os
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import fsspec
@@ -326,6 +327,23 @@ class Settled:
 
 OutcomeSource = Callable[[str], Mapping[str, str]]
 
+#: The event that says a file went to quarantine/ (the dashboard's service log shows it).
+QUARANTINED = "p3s.file.quarantined"
+
+
+def quarantined_event(
+    name: str, reason: str, outcomes: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The ``p3s.file.quarantined`` event for ``name``, JSON-ready as Prefect's events API
+    takes it; whoever moved the file emits it (one move per file: said once)."""
+    return {
+        "id": str(uuid.uuid4()),
+        "occurred": datetime.now(UTC).isoformat(),
+        "event": QUARANTINED,
+        "resource": {"prefect.resource.id": f"p3s.file.{name}", "p3s.file.name": name},
+        "payload": {"file": name, "reason": reason, "outcomes": dict(outcomes or {})},
+    }
+
 
 def catalog_outcomes(settings: Settings, file_name: str) -> dict[str, str]:
     """Outcomes the DQM catalog holds for the file ({} when the catalog is not available)."""
@@ -431,7 +449,10 @@ def settle(
         return Settled(name, f"already {where}", outcomes, expected)
     layout.outcomes(name).remove_self()
     layout.announced.remove(name)
-    return Settled(name, action, outcomes, expected, text.splitlines()[0] if text else "")
+    # One line for logs and the event: "NAME is unreadable; ... corrupt: tpc: why; beam: why".
+    return Settled(
+        name, action, outcomes, expected, "; ".join(text.splitlines()).replace(":;", ":")
+    )
 
 
 def _datatype_of(name: str, datatypes: list[DataType]) -> DataType:
@@ -448,7 +469,8 @@ def sweep(settings: Settings) -> list[Settled]:
     """Settle every claimed file whose DQM flows have all reported (catalog or records).
 
     Catches files whose life-cycle triggers were missed (the lifecycle deployment was not
-    deployed yet, an automation failed); ``p3s inbox watch`` runs it every minute.
+    deployed yet, an automation failed) or are still on their way; ``p3s inbox watch`` runs it
+    every minute and emits :func:`quarantined_event` for each file it quarantines.
     Returns the files it moved.
     """
     layout = Layout.of(settings)

@@ -9,8 +9,9 @@ the seconds a fresh interpreter takes. The child:
    child kills its payload's process groups and exits within a quarter of a second, so the
    run, rescheduled by the pilot worker, never executes twice at the same time;
 
-1. reads the flow run and runs it only if it is still ``Pending`` (claimed by the pilot worker
-   for this execution): a run already ``Running`` elsewhere is never started twice;
+1. reads the flow run and runs it only if it is still ``Pending`` with the claim that names
+   this execution's Dask task: a run already ``Running`` elsewhere, or claimed again for
+   another execution after this one's pilot was lost, is never started twice;
 2. runs it with ``prefect.flow_engine.run_flow`` (the engine sets Running and the final state);
 3. flushes its logs and events and exits.
 
@@ -57,6 +58,8 @@ _context_lock = threading.Lock()
 #: Children running on this pilot, by flow run id: the cancellation hook finds them here.
 _running: dict[str, multiprocessing.process.BaseProcess] = {}
 _cancelled: set[str] = set()
+#: Set in a child once its run has its final state: it may then outlive its pilot.
+_final = threading.Event()
 
 
 def fork_context() -> BaseContext:
@@ -142,8 +145,18 @@ def _watch_pilot(pilot_pid: int, interval_s: float = 0.25) -> None:
             time.sleep(interval_s)
     except psutil.Error:
         pass
+    if _final.is_set():
+        return  # the run is over: let the child send its last logs and events
     _kill_own_payloads()
     os._exit(ENGINE_ERROR)
+
+
+def _outlive_pilot() -> None:
+    """Once the run is final, a pilot retired or lost must not cut the child's last logs
+    and events short (the flush may take seconds): no longer die with the fork server."""
+    _final.set()
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, 0)
 
 
 @contextlib.contextmanager
@@ -228,8 +241,18 @@ def share_tls_contexts() -> None:
         orchestration.ssl = _SslWithSharedContexts()  # type: ignore[assignment]
 
 
+def claimed_for(state: Any, claim: str) -> bool:
+    """Whether a flow run's state is the pilot worker's claim for the execution ``claim``."""
+    return state is not None and state.is_pending() and (state.message or "").endswith(claim)
+
+
 def child_main(
-    run_id: str, entrypoint: str, pilot: str, pilot_pid: int, done: Connection | None = None
+    run_id: str,
+    entrypoint: str,
+    claim: str,
+    pilot: str,
+    pilot_pid: int,
+    done: Connection | None = None,
 ) -> None:
     """Body of the child process of one flow run (see the module docstring)."""
     _die_with_parent()
@@ -244,7 +267,7 @@ def child_main(
     share_tls_contexts()
 
     flow_run = load_flow_run(UUID(run_id))
-    if flow_run.state is None or not flow_run.state.is_pending():
+    if not claimed_for(flow_run.state, claim):
         sys.exit(NOT_CLAIMED)
     logger = flow_run_logger(flow_run=flow_run)
     code = 0
@@ -258,6 +281,7 @@ def child_main(
     finally:
         # The run has its final state: free the pilot's slot now, and send the last logs and
         # events (a websocket that may take seconds to open) on our own time.
+        _outlive_pilot()
         if done is not None:
             with contextlib.suppress(OSError):
                 done.send(code)
@@ -308,8 +332,10 @@ def cancel_local(run_id: str, grace_s: float = 5.0) -> bool:
     return True
 
 
-def run_on_pilot(run_id: str, entrypoint: str) -> dict[str, Any]:
+def run_on_pilot(run_id: str, entrypoint: str, claim: str) -> dict[str, Any]:
     """The Dask task of one flow run: fork its child, wait for it, say how it ended.
+
+    ``claim`` is the Dask key the pilot worker named in its claim (the run's Pending state).
 
     Returns:
         ``run_id``, ``pilot`` (Dask worker name), ``exit_code`` (negative: killed by that
@@ -323,7 +349,7 @@ def run_on_pilot(run_id: str, entrypoint: str) -> dict[str, Any]:
     done_r, done_w = ctx.Pipe(duplex=False)  # type: ignore[attr-defined]
     proc = ctx.Process(  # type: ignore[attr-defined]
         target=child_main,
-        args=(run_id, entrypoint, pilot, os.getpid(), done_w),
+        args=(run_id, entrypoint, claim, pilot, os.getpid(), done_w),
         name=f"p3s-run-{run_id}",
     )
     proc.start()

@@ -63,6 +63,11 @@ from p3s.settings import Settings, get_settings
 
 #: Seconds a cancelled payload gets between SIGTERM and SIGKILL.
 CANCEL_GRACE_S = 5.0
+#: Seconds a lost local pilot may live on: a nanny kills a closing worker after 4 s.
+LOCAL_LOST_GRACE_S = 6.0
+#: Seconds a lost batch pilot may live on: dask-jobqueue's ``death-timeout`` (60 s) ends a
+#: pilot that lost its scheduler.
+BATCH_LOST_GRACE_S = 90.0
 
 
 class PilotJobConfiguration(BaseJobConfiguration):
@@ -86,6 +91,11 @@ class InFlight:
     jobtype: str | None
     future: Any
     submitted: float = field(default_factory=time.monotonic)
+
+
+def _task_key(run_id: UUID) -> str:
+    """A fresh Dask key for one execution of a flow run (its claim names it)."""
+    return f"p3s-run-{run_id}-{uuid.uuid4().hex[:8]}"
 
 
 async def load_pilot_pool(settings: Settings) -> PilotPool:
@@ -188,8 +198,10 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
         configuration: PilotJobConfiguration,
         task_status: anyio.abc.TaskStatus[int] | None = None,
     ) -> PilotWorkerResult:
-        """Run one already claimed flow run on a pilot and wait for it."""
-        entry = await self._submit(flow_run)
+        """Run one flow run (already Pending) on a pilot and wait for it."""
+        key = _task_key(flow_run.id)
+        await self._set_state(flow_run.id, Pending(message=self._claim_message(key)))
+        entry = await self._submit(flow_run, key)
         if task_status is not None:
             task_status.started(0)
         if entry is None:
@@ -274,10 +286,13 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
         self._limits_read = time.monotonic()
 
     async def _claim_and_submit(self, run: FlowRun) -> InFlight | None:
+        # The claim names the Dask task that is to execute the run: an execution of an older
+        # claim (its pilot was lost, its worker closing) then declines to start it.
+        key = _task_key(run.id)
         try:
             state = await propose_state(
                 self.client,
-                Pending(message=self._claim_message),
+                Pending(message=self._claim_message(key)),
                 flow_run_id=run.id,
             )
         except Abort:
@@ -288,7 +303,7 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
         if not state.is_pending():
             return None
         try:
-            entry = await self._submit(run)
+            entry = await self._submit(run, key)
         except Exception as exc:
             self._logger.exception("could not hand flow run %s to a pilot", run.id)
             await self._reschedule(run.id, f"it could not be handed to a pilot: {exc!r}")
@@ -306,7 +321,7 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
             self._entrypoints[run.deployment_id] = deployment.entrypoint or ""
         return self._entrypoints[run.deployment_id] or None
 
-    async def _submit(self, run: FlowRun) -> InFlight | None:
+    async def _submit(self, run: FlowRun, key: str) -> InFlight | None:
         try:
             entrypoint = await self._entrypoint(run)
         except ObjectNotFound:
@@ -320,7 +335,8 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
             execute.run_on_pilot,
             str(run.id),
             entrypoint,
-            key=f"p3s-run-{run.id}-{uuid.uuid4().hex[:8]}",
+            key,
+            key=key,
             pure=False,
             retries=0,
         )
@@ -330,8 +346,11 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
             self._cancelling_observer.add_in_flight_flow_run_id(run.id)
         return entry
 
+    def _claim_message(self, key: str) -> str:
+        return f"{self._claimed_by} for {key}"
+
     @property
-    def _claim_message(self) -> str:
+    def _claimed_by(self) -> str:
         return f"claimed by pilot worker {self.name}"
 
     async def _recover_orphans(self) -> None:
@@ -345,7 +364,7 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
         """
         pool = self.pilot_pool
         assert pool is not None
-        grace = 0.0 if pool.cluster == "local" else 90.0
+        grace = 0.0 if pool.cluster == "local" else BATCH_LOST_GRACE_S
         scope = anyio.CancelScope()  # a scope is entered once: this task gets its own
         self._scheduled_task_scopes.add(scope)
         with scope:
@@ -389,7 +408,7 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
                     continue
                 states = await self.client.read_flow_run_states(run.id)
                 claims = [st for st in states if st.type == StateType.PENDING]
-                if claims and claims[-1].message == self._claim_message:
+                if claims and (claims[-1].message or "").startswith(f"{self._claimed_by} for "):
                     found.append(run.id)
             if len(page) < 200:
                 return found
@@ -435,9 +454,10 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
         if state is None or state.is_final():
             return 0 if code == execute.NOT_CLAIMED else code or 1
         if code == execute.NOT_CLAIMED:
-            # The run is claimed or running but no live execution of this worker has it: an
-            # earlier attempt of this task died with its pilot. Run it again.
-            if state.type in (StateType.PENDING, StateType.RUNNING):
+            # Another execution has the run. A newer claim (Pending) goes its own way; an
+            # execution of an older claim that started it (Running) lives on a lost pilot:
+            # run it again once that pilot's processes must have ended.
+            if state.type == StateType.RUNNING:
                 await self._reschedule(entry.run_id, f"its execution on pilot {pilot} was lost")
             return 0
         if state.type == StateType.CANCELLING:
@@ -458,11 +478,26 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
             self._logger.warning("could not set %s on flow run %s: %s", state.name, run_id, exc)
 
     async def _reschedule(self, run_id: UUID, why: str) -> None:
-        """Put a run whose execution was lost back to Scheduled (unless it has finished)."""
+        """Put a run whose execution was lost back to Scheduled (unless it has finished).
+
+        A run left Running by a lost pilot is put back only after ``lost_grace_s``: a pilot
+        removed by its scheduler may still be closing (a local one is killed by its nanny
+        within seconds; a batch one ends itself at its ``death-timeout``), and its execution
+        with it. Until then it stays Running, and if it finishes there that is its result.
+        """
         try:
             run = await self.client.read_flow_run(run_id)
         except ObjectNotFound:
             return
+        if run.state is not None and run.state.type == StateType.RUNNING:
+            running = run.state.id
+            await anyio.sleep(self._lost_grace_s)
+            try:
+                run = await self.client.read_flow_run(run_id)
+            except ObjectNotFound:
+                return
+            if run.state is None or run.state.id != running:
+                return  # it moved on (finished, cancelled, or run again) in the meantime
         if run.state is not None and run.state.is_final():
             return
         if run.state is not None and run.state.type == StateType.CANCELLING:
@@ -473,9 +508,15 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
         )
 
     async def _pilot_lost(self, pilot: str, run_ids: list[UUID]) -> None:
+        self._lost_event(pilot, run_ids)
         for run_id in run_ids:
             await self._reschedule(run_id, f"pilot {pilot} was lost")
-        self._lost_event(pilot, run_ids)
+
+    @property
+    def _lost_grace_s(self) -> float:
+        """How long a lost pilot's processes may live on (see :meth:`_reschedule`)."""
+        assert self.pilot_pool is not None
+        return LOCAL_LOST_GRACE_S if self.pilot_pool.cluster == "local" else BATCH_LOST_GRACE_S
 
     def _lost_event(self, pilot: str, run_ids: list[UUID]) -> None:
         emit_event(

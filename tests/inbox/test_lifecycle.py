@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from p3s.datatypes import DQM_DEPLOYMENTS
-from p3s.lifecycle import Layout, settle, sweep
+from p3s.lifecycle import Layout, record_outcome, settle, sweep
 from p3s.settings import InboxSettings, Settings
-from tests.inbox.conftest import put, raw_name
+from tests.inbox.conftest import Recorder, put, raw_name
 
 PAYLOADS = list(DQM_DEPLOYMENTS)
 
@@ -122,3 +122,46 @@ def test_the_sweep_settles_files_whose_outcomes_the_catalog_holds(tmp_path: Path
     moved = sweep(settings)
     assert [m.name for m in moved] == [name]
     assert layout.used.names() == {name} and layout.claimed.names() == {raw_name(7)}
+
+
+def test_a_file_the_watchs_sweep_quarantines_is_announced_once(tmp_path: Path, monkeypatch) -> None:
+    """The sweep may settle a file before its last life-cycle run does (the catalog already
+    holds every outcome): the quarantine is then announced by the watch, once."""
+    from p3s import inbox
+
+    monkeypatch.setattr(inbox, "SWEEP_SECONDS", 0.0)
+    settings = Settings(home=tmp_path / "home")
+    settings.inbox.poll_seconds = 0.2
+    layout = Layout.of(settings)
+    name = raw_name(8)
+    put(layout, name, stage="claimed")
+    for payload in PAYLOADS:
+        settle(settings, name, payload=payload, outcome="corrupt", reason="not HDF5")
+    assert layout.where(name) == "quarantine"  # the last settle moved it: no sweep needed
+    late = raw_name(9)
+    put(layout, late, stage="claimed")
+    for payload in PAYLOADS[:-1]:
+        settle(settings, late, payload=payload, outcome="corrupt", reason="truncated")
+    # The last payload's outcome reaches only the records (its life-cycle run is still queued).
+    record_outcome(layout, late, PAYLOADS[-1], "corrupt", "truncated")
+    recorder = Recorder()
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=inbox.watch,
+        args=(settings, lambda _: None),
+        kwargs={"emit": recorder, "stop": stop.is_set},
+    )
+    thread.start()
+    try:
+        for _ in range(300):
+            if layout.where(late) == "quarantine":
+                break
+            threading.Event().wait(0.1)
+        threading.Event().wait(1.0)  # further sweeps find nothing more to say
+    finally:
+        stop.set()
+        thread.join(30)
+    assert layout.where(late) == "quarantine"
+    said = [e for e in recorder.events if e["event"] == "p3s.file.quarantined"]
+    assert [e["resource"]["p3s.file.name"] for e in said] == [late]
+    assert "truncated" in said[0]["payload"]["reason"]
