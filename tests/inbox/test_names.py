@@ -110,8 +110,11 @@ def test_a_file_swapped_for_a_link_while_being_claimed_goes_to_quarantine(tmp_pa
     (tmp_path / "data" / "inbox" / name).write_bytes(b"data")
     recorder = Recorder()
     report = InboxScanner(layout, datatypes(), recorder, settle_seconds=0.0).scan(first_pass=True)
-    assert report.claimed == [] and recorder.events == []
-    assert [n for n, _ in report.refused] == [name]
+    assert report.claimed == [] and [n for n, _ in report.refused] == [name]
+    # Not announced as arrived, only as quarantined (for the service log).
+    assert [(e["event"], e["payload"]["file"]) for e in recorder.events] == [
+        ("p3s.file.quarantined", name)
+    ]
     quarantined = tmp_path / "data" / "quarantine" / name
     assert quarantined.is_symlink() and not (tmp_path / "data" / "claimed" / name).exists()
     assert "symbolic link" in (tmp_path / "data" / "quarantine" / f"{name}.reason").read_text()
