@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from .access import Access
 from .dashboard import STATES, WINDOWS, Summary, build_summary
 from .links import PAYLOAD_PAGES, flow_run_ui_url, page_path, prefect_ui_url, product_path
 from .prefect_api import PrefectApi
+from .shared_refresh import SharedRefresh
 
 HERE = Path(__file__).resolve().parent
 PNG = "image/png"
@@ -75,7 +75,21 @@ def create_app(settings: Settings) -> FastAPI:
     )
     templates.env.filters["num"] = _num
     access = Access(settings.api_url, configured=_api_auth_configured())
-    summaries: dict[str, tuple[float, Summary]] = {}
+
+    async def current_summary(credentials: str | None) -> Summary:
+        client = PrefectApi(settings.api_url, credentials)
+        try:
+            return await build_summary(client, settings)
+        finally:
+            await client.aclose()
+
+    # Every page reloads each refresh period: serve the newest summary at once while it is
+    # younger than three periods, and compute the next one in the background.
+    summaries = SharedRefresh(
+        current_summary,
+        fresh_s=max(2.0, settings.ui.refresh_seconds / 2),
+        stale_s=3.0 * settings.ui.refresh_seconds,
+    )
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
 
     @app.middleware("http")
@@ -99,18 +113,14 @@ def create_app(settings: Settings) -> FastAPI:
         return templates.TemplateResponse(request, name, context)
 
     async def summary(request: Request, at: datetime | None) -> Summary:
-        """The summary, shared by every shifter for half a refresh period."""
-        ttl = max(2.0, settings.ui.refresh_seconds / 2)
-        if at is None and (cached := summaries.get("now")) and time.monotonic() - cached[0] < ttl:
-            return cached[1]
+        """The summary now (shared, see :class:`SharedRefresh`), or as of ``at``."""
+        if at is None:
+            return await summaries.get(request.state.credentials)
         client = api(request)
         try:
-            found = await build_summary(client, settings, at)
+            return await build_summary(client, settings, at)
         finally:
             await client.aclose()
-        if at is None:
-            summaries["now"] = (time.monotonic(), found)
-        return found
 
     # -- dashboard and jobs ------------------------------------------------------------------
 

@@ -91,3 +91,70 @@ def test_plots_are_png_and_drawn_again_only_when_the_data_change() -> None:
     ]
     assert plots.channel_map("run 1", rows).startswith(b"\x89PNG")
     assert plots.noisy_trend([(1, 2, 0), (2, 5, 1)]).startswith(b"\x89PNG")
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_summary_is_computed_once_for_many_pages_and_served_stale_while_it_refreshes() -> None:
+    import asyncio
+
+    from p3s.ui_extensions.shared_refresh import SharedRefresh
+
+    async def scenario() -> None:
+        clock = _Clock()
+        calls: list[str | None] = []
+        release = asyncio.Event()
+
+        async def compute(credentials: str | None) -> int:
+            calls.append(credentials)
+            await release.wait()
+            return len(calls)
+
+        shared = SharedRefresh(compute, fresh_s=15, stale_s=90, clock=clock)
+        # No value yet: five pages wait for one computation.
+        pages = [asyncio.create_task(shared.get("u:p")) for _ in range(5)]
+        await asyncio.sleep(0)
+        release.set()
+        assert await asyncio.gather(*pages) == [1] * 5 and calls == ["u:p"]
+        clock.now += 10  # fresh: served as it is
+        assert await shared.get("u:p") == 1 and len(calls) == 1
+        release.clear()
+        clock.now += 20  # stale: served at once, one refresh starts
+        assert [await shared.get("u:p") for _ in range(3)] == [1, 1, 1]
+        await asyncio.sleep(0)
+        assert len(calls) == 2
+        release.set()
+        await asyncio.sleep(0.01)
+        assert await shared.get("u:p") == 2
+        clock.now += 200  # too old to show: waited for
+        assert await shared.get("u:p") == 3
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_summary_reaches_the_page_that_waits_and_the_next_request_tries_again() -> None:
+    import asyncio
+
+    from p3s.ui_extensions.shared_refresh import SharedRefresh
+
+    async def scenario() -> None:
+        answers = [RuntimeError("the Prefect API is down"), 7]
+
+        async def compute(credentials: str | None) -> int:
+            answer = answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+        shared = SharedRefresh(compute, fresh_s=15, stale_s=90, clock=_Clock())
+        with pytest.raises(RuntimeError, match="API is down"):
+            await shared.get(None)
+        assert await shared.get(None) == 7
+
+    asyncio.run(scenario())
