@@ -7,17 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import time
 from pathlib import Path
 
-
-def free_port() -> int:
-    """A TCP port on loopback that nothing listens on now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from p3s.ports import free_port  # noqa: F401  (re-exported for the benchmarks)
 
 
 def pct(values: list[float], q: float) -> float:

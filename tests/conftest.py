@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,18 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from p3s.ports import free_port
 from p3s.prefect_env import client_environment
 from p3s.settings import PACKAGED_PAYLOADS, Settings
 
 TESTS = Path(__file__).resolve().parent
 SCRIPTS = TESTS / "payload_scripts"
 POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def _pg(sql: str) -> None:
