@@ -5,9 +5,10 @@ from the pilot's ``forkserver`` (started once, with Prefect and every ``p3s.flow
 already imported by :mod:`p3s.pilots.preload`), so a child is ready in milliseconds instead of
 the seconds a fresh interpreter takes. The child:
 
-0. watches its pilot: if the Dask worker dies (batch job killed, evicted, at walltime), the
-   child kills its payload's process groups and exits within a quarter of a second, so the
-   run, rescheduled by the pilot worker, never executes twice at the same time;
+0. watches its pilot: if the Dask worker dies (batch job killed, evicted, at walltime), or the
+   batch system SIGTERMs the job's processes, the child kills its payload's process groups
+   and exits within a quarter of a second without a final state, so the run, rescheduled by
+   the pilot worker, never executes twice at the same time;
 
 1. reads the flow run and runs it only if it is still ``Pending`` with the claim that names
    this execution's Dask task: a run already ``Running`` elsewhere, or claimed again for
@@ -151,6 +152,18 @@ def _watch_pilot(pilot_pid: int, interval_s: float = 0.25) -> None:
     os._exit(ENGINE_ERROR)
 
 
+def _end_as_lost(signum: int, frame: types.FrameType | None) -> None:
+    """SIGTERM from outside: the batch system ends the pilot's job (scancel, eviction,
+    walltime) and signals every process of it. End as with a lost pilot: payloads killed, no
+    final state, and the pilot worker runs the flow again. (Prefect's engine would report the
+    run Crashed, a final state: it would never run again.) After the final state, nothing is
+    left to stop."""
+    if _final.is_set():
+        return
+    _kill_own_payloads()
+    os._exit(ENGINE_ERROR)
+
+
 def _outlive_pilot() -> None:
     """Once the run is final, a pilot retired or lost must not cut the child's last logs
     and events short (the flush may take seconds): no longer die with the fork server."""
@@ -203,9 +216,11 @@ def _heartbeats_not_joined(engine: Any, join_on_exit: bool = True) -> Any:
 
 def skip_engine_waits() -> None:
     """Patch the two waits of Prefect's sync flow engine that a pilot's child does not need
-    (see :func:`_suspension_observed_in_background` and :func:`_heartbeats_not_joined`)."""
+    (see :func:`_suspension_observed_in_background` and :func:`_heartbeats_not_joined`), and
+    leave SIGTERM to the child's own handler (:func:`_end_as_lost`)."""
     from prefect import flow_engine
 
+    flow_engine.capture_sigterm = contextlib.nullcontext  # type: ignore[assignment]
     if not hasattr(flow_engine, "_p3s_observe_flow_run_suspension"):
         flow_engine._p3s_observe_flow_run_suspension = flow_engine.observe_flow_run_suspension  # type: ignore[attr-defined]
         flow_engine.observe_flow_run_suspension = _suspension_observed_in_background  # type: ignore[assignment]
@@ -259,6 +274,7 @@ def child_main(
     if os.getppid() == 1:  # the fork server died before PR_SET_PDEATHSIG took effect
         os._exit(ENGINE_ERROR)
     threading.Thread(target=_watch_pilot, args=(pilot_pid,), daemon=True).start()
+    signal.signal(signal.SIGTERM, _end_as_lost)
     os.environ["P3S_PILOT_NAME"] = pilot
     from prefect.flow_engine import load_flow_run, run_flow
     from prefect.logging.loggers import flow_run_logger
