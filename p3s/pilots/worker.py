@@ -187,9 +187,9 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
         if self._cluster is not None:
             with contextlib.suppress(Exception):
                 await self._cluster.close()
-        for run_id in in_flight:
+        for run_id in in_flight:  # their pilots were just closed: no grace to wait
             with contextlib.suppress(Exception):
-                await self._reschedule(run_id, "the pilot worker stopped")
+                await self._reschedule(run_id, "the pilot worker stopped", grace_s=0.0)
         await super().teardown(*exc_info)
 
     async def run(
@@ -477,13 +477,14 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
         except Exception as exc:
             self._logger.warning("could not set %s on flow run %s: %s", state.name, run_id, exc)
 
-    async def _reschedule(self, run_id: UUID, why: str) -> None:
+    async def _reschedule(self, run_id: UUID, why: str, grace_s: float | None = None) -> None:
         """Put a run whose execution was lost back to Scheduled (unless it has finished).
 
-        A run left Running by a lost pilot is put back only after ``lost_grace_s``: a pilot
-        removed by its scheduler may still be closing (a local one is killed by its nanny
-        within seconds; a batch one ends itself at its ``death-timeout``), and its execution
-        with it. Until then it stays Running, and if it finishes there that is its result.
+        A run left Running by a lost pilot is put back only after ``grace_s`` (default
+        :attr:`_lost_grace_s`): a pilot removed by its scheduler may still be closing (a local
+        one is killed by its nanny within seconds; a batch one ends itself at its
+        ``death-timeout``), and its execution with it. Until then it stays Running, and if it
+        finishes there that is its result.
         """
         try:
             run = await self.client.read_flow_run(run_id)
@@ -491,7 +492,7 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
             return
         if run.state is not None and run.state.type == StateType.RUNNING:
             running = run.state.id
-            await anyio.sleep(self._lost_grace_s)
+            await anyio.sleep(self._lost_grace_s if grace_s is None else grace_s)
             try:
                 run = await self.client.read_flow_run(run_id)
             except ObjectNotFound:
