@@ -13,9 +13,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
+import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 _CACHE: OrderedDict[str, bytes] = OrderedDict()
 _LOCK = threading.Lock()
@@ -75,13 +77,22 @@ def noisy_trend(points: Sequence[tuple[int, int, int]]) -> bytes:
     def draw() -> Figure:
         fig = Figure(figsize=(6.4, 3.2))
         ax = fig.add_subplot()
-        runs = [str(r) for r, _, _ in points]
-        ax.plot(runs, [n for _, n, _ in points], "o-", label="noisy")
-        ax.plot(runs, [d for _, _, d in points], "s--", label="dead")
+        # Side-by-side bars from zero: equal counts stay visible (markers hid one another),
+        # and one run does not stretch a single value over the whole axis.
+        x = np.arange(len(points))
+        ax.bar(x - 0.2, [n for _, n, _ in points], 0.4, label="noisy")
+        ax.bar(x + 0.2, [d for _, _, d in points], 0.4, label="dead")
+        step = max(1, -(-len(points) // 12))  # at most 12 run labels
+        ax.set_xticks(x[::step], [str(r) for r, _, _ in points][::step])
+        pad = max(0.0, (6 - len(points)) / 2)  # a few runs keep bars of a sensible width
+        ax.set_xlim(-0.5 - pad, len(points) - 0.5 + pad)
+        top = max([max(n, d) for _, n, d in points], default=0)
+        ax.set_ylim(0, top * 1.15 + 1)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("run")
         ax.set_ylabel("channels")
         ax.set_title("noisy and dead channels per run")
-        ax.legend()
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
         ax.grid(alpha=0.3)
         fig.tight_layout()
         return fig
