@@ -34,7 +34,7 @@ from typing import Any
 import httpx
 
 from p3s.datatypes import DataType, FileIdentity, classify
-from p3s.lifecycle import Entry, Layout, UnsafeName, move, name_fault
+from p3s.lifecycle import Entry, Layout, UnsafeName, move, name_fault, quarantined_event
 from p3s.settings import Settings
 from p3s.storage import StorageError
 
@@ -346,8 +346,6 @@ class InboxScanner:
 def _emit_quarantined(
     scanner: InboxScanner, name: str, reason: str, outcomes: dict[str, str] | None = None
 ) -> None:
-    from p3s.lifecycle import quarantined_event
-
     try:
         scanner.emit(quarantined_event(name, reason, outcomes))
     except EmitError as exc:  # the file is in quarantine/ with its reason all the same

@@ -435,11 +435,12 @@ def settle(
             f"{p}: {records.get(p, {}).get('reason') or 'reported the file corrupt'}"
             for p in corrupt
         ]
-        text = f"{name} is unreadable; DQM payloads reported it corrupt:\n" + "\n".join(lines)
-        layout.quarantine.write_text(f"{name}.reason", text + "\n")
-        dest, action = layout.quarantine, "quarantine"
+        head = f"{name} is unreadable; DQM payloads reported it corrupt:"
+        layout.quarantine.write_text(f"{name}.reason", "\n".join([head, *lines]) + "\n")
+        # One line for logs and the event: "NAME is unreadable; ... corrupt: tpc: why; beam: why".
+        dest, action, summary = layout.quarantine, "quarantine", f"{head} " + "; ".join(lines)
     else:
-        dest, action, text = layout.used, "used", ""
+        dest, action, summary = layout.used, "used", ""
     try:
         moved = move(layout.claimed, dest, name)
     except FileExistsError:
@@ -449,10 +450,7 @@ def settle(
         return Settled(name, f"already {where}", outcomes, expected)
     layout.outcomes(name).remove_self()
     layout.announced.remove(name)
-    # One line for logs and the event: "NAME is unreadable; ... corrupt: tpc: why; beam: why".
-    return Settled(
-        name, action, outcomes, expected, "; ".join(text.splitlines()).replace(":;", ":")
-    )
+    return Settled(name, action, outcomes, expected, summary)
 
 
 def _datatype_of(name: str, datatypes: list[DataType]) -> DataType:

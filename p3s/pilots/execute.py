@@ -146,18 +146,16 @@ def _watch_pilot(pilot_pid: int, interval_s: float = 0.25) -> None:
             time.sleep(interval_s)
     except psutil.Error:
         pass
-    if _final.is_set():
-        return  # the run is over: let the child send its last logs and events
-    _kill_own_payloads()
-    os._exit(ENGINE_ERROR)
+    _end_as_lost()
 
 
-def _end_as_lost(signum: int, frame: types.FrameType | None) -> None:
-    """SIGTERM from outside: the batch system ends the pilot's job (scancel, eviction,
-    walltime) and signals every process of it. End as with a lost pilot: payloads killed, no
-    final state, and the pilot worker runs the flow again. (Prefect's engine would report the
-    run Crashed, a final state: it would never run again.) After the final state, nothing is
-    left to stop."""
+def _end_as_lost(*_signal: object) -> None:
+    """End the child as on a lost pilot: payloads killed, exit with no final state, and the
+    pilot worker runs the flow again. Also the child's SIGTERM handler: the batch system ends
+    a pilot's job (scancel, eviction, walltime) by signalling every process of it, and
+    Prefect's engine would report that as Crashed, a final state that never runs again. Once
+    the run is final nothing is left to stop: the child stays to send its last logs and
+    events."""
     if _final.is_set():
         return
     _kill_own_payloads()
