@@ -24,8 +24,8 @@ MARK = str(PILOT_PAYLOADS / "mark.sh")
 def raw_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from p3s.payloads.simulate import simulate_file
 
-    path = tmp_path_factory.mktemp("raw") / "np04_raw_run000042_0001_dl1.h5"
-    simulate_file(path, run=42, subrun=1, n_events=1, n_ticks=2000, seed=4)
+    path = tmp_path_factory.mktemp("raw") / "np04_raw_run004201_0001_dl1.h5"
+    simulate_file(path, run=4201, subrun=1, n_events=1, n_ticks=2000, seed=4)
     return path
 
 
@@ -85,8 +85,8 @@ def test_dqm_jobs_run_on_slurm_pilots(slurm_pilots: Pilots, raw_file: Path, tmp_
     # Each payload ran inside a Slurm batch job (a pilot), and wrote its products.
     for rec in records(log):
         assert rec[4] != "none", rec
-    assert (outbox / "run000042" / "0001" / "beam").is_dir()
-    assert (outbox / "run000042" / "0001" / "tpc_monitor").is_dir()
+    assert (outbox / "run004201" / "0001" / "beam").is_dir()
+    assert (outbox / "run004201" / "0001" / "tpc_monitor").is_dir()
     assert slurm_pilots.counts()["cluster"] == "slurm"
 
 
@@ -107,7 +107,7 @@ def test_scancel_of_a_busy_pilot(slurm_pilots: Pilots, raw_file: Path, tmp_path)
     assert len(starts) == 2 and starts[1][4] not in ("none", batch_job), starts
     assert len(ends) == 1 and ends[0][4] == starts[1][4], ends
     # ... and only it wrote products: every product is newer than the final execution's start.
-    products = [p for p in (outbox / "run000042" / "0001" / "beam").rglob("*") if p.is_file()]
+    products = [p for p in (outbox / "run004201" / "0001" / "beam").rglob("*") if p.is_file()]
     assert products
     assert all(p.stat().st_mtime >= float(starts[1][2]) for p in products)
     assert run(runs_in_state(slurm_pilots.pool, "RUNNING")) == 0
