@@ -34,11 +34,16 @@ class Change:
 
 
 def _comparable(automation: Any) -> dict[str, Any]:
-    """The fields of an automation its document decides, as JSON."""
+    """The fields of an automation its document decides, as Python values.
+
+    Not as JSON: a trigger's ``after``/``expect``/``for_each`` are sets, whose JSON order
+    depends on the order their items were added and on the process's hash seed; the server's
+    copy and the document's then differed in one process in ten.
+    """
     from prefect.events.schemas.automations import AutomationCore
 
     core = AutomationCore.model_validate(automation.model_dump())
-    return core.model_dump(mode="json", exclude={"owner_resource"})
+    return core.model_dump(exclude={"owner_resource"})
 
 
 async def datataking_on() -> bool:

@@ -125,3 +125,37 @@ def test_webhook_payloads_render_to_valid_json_whatever_the_message_holds() -> N
         )
     )
     assert chat == {"text": f"p3s alarm: {generic['subject']}\n{generic['message']}"}
+
+
+def test_apply_compares_trigger_event_sets_whatever_their_order() -> None:
+    """The server returns a trigger's ``after`` set in its own order; apply must not see a
+    change in that. Two names that share a hash slot iterate in the order they were added, so
+    the two automations below serialize to different JSON and must still compare equal."""
+    from prefect.events.schemas.automations import AutomationCore
+
+    from p3s.alarms.apply import _comparable
+
+    names = [f"p3s.test.event-{n}" for n in range(200)]
+    first, second = next(
+        (a, b) for i, a in enumerate(names) for b in names[i + 1 :] if list({a, b}) != list({b, a})
+    )
+
+    def automation(after: list[str]) -> AutomationCore:
+        return AutomationCore.model_validate(
+            {
+                "name": "p3s-test",
+                "trigger": {
+                    "type": "event",
+                    "posture": "Proactive",
+                    "after": after,
+                    "expect": [first],
+                    "within": 10,
+                },
+                "actions": [{"type": "do-nothing"}],
+            }
+        )
+
+    one, other = automation([first, second]), automation([second, first])
+    assert one.model_dump(mode="json") != other.model_dump(mode="json"), "the order shows in JSON"
+    assert _comparable(one) == _comparable(other)
+    assert _comparable(one) != _comparable(automation([first]))

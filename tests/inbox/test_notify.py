@@ -67,8 +67,10 @@ def test_the_watch_claims_a_file_on_its_event_not_on_its_poll(tmp_path) -> None:
     recorder = Recorder()
     stop = threading.Event()
     claimed = threading.Event()
+    scanned = threading.Event()
 
     def report(result) -> None:
+        scanned.set()
         if result.announced:
             claimed.set()
 
@@ -78,10 +80,9 @@ def test_the_watch_claims_a_file_on_its_event_not_on_its_poll(tmp_path) -> None:
     thread.start()
     try:
         inbox = Path(layout.inbox.fs()[1])
-        for _ in range(100):  # the watch's first scan has run once its folders exist
-            if inbox.is_dir():
-                break
-            threading.Event().wait(0.05)
+        # The folders exist before the notifier watches them; the first scan's report comes
+        # after it does (a file renamed in between is found by the poll and must settle).
+        assert scanned.wait(60), "the watch did not scan"
         name = raw_name(5)
         (tmp_path / name).write_bytes(b"raw data")
         os.rename(tmp_path / name, inbox / name)
