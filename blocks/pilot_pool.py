@@ -20,6 +20,11 @@ ClusterClass = Literal["local", "slurm", "htcondor"]
 
 #: Environment variables a pilot must see to reach the Prefect API and its p3s home.
 PASSED_ENV = ("PREFECT_API_URL", "PREFECT_HOME", "P3S_HOME", "P3S_PROJECT_DIR")
+#: Seconds a lost local pilot may live on: a nanny kills a closing worker after 4 s.
+LOCAL_LOST_GRACE_S = 6.0
+#: Seconds beyond a batch pilot's death timeout before its runs are executed again (the
+#: pilot's own stop, and clocks of two hosts).
+BATCH_LOST_MARGIN_S = 30.0
 
 
 class PilotPool(Block):
@@ -60,6 +65,12 @@ class PilotPool(Block):
     idle_seconds: float = Field(
         30.0, ge=0, description="A pilot idle this long (s) is retired, down to min_pilots."
     )
+    death_timeout: float = Field(
+        60.0,
+        gt=0,
+        description="A batch pilot that has lost its scheduler this long (s) ends itself "
+        "(dask-jobqueue's death-timeout); the runs it held are rescheduled 30 s after that.",
+    )
     log_directory: str | None = Field(
         None, description="Where batch jobs write their stdout/stderr (and HTCondor its log)."
     )
@@ -79,6 +90,15 @@ class PilotPool(Block):
                 f"min_pilots ({self.min_pilots}) is above max_pilots ({self.max_pilots})"
             )
         return self
+
+    @property
+    def lost_grace_s(self) -> float:
+        """How long a lost pilot's processes may live on (s): a run it held is executed again
+        only after that. A local pilot's nanny kills a closing worker after 4 s; a batch pilot
+        cut off from its scheduler ends itself after ``death_timeout``."""
+        if self.cluster == "local":
+            return LOCAL_LOST_GRACE_S
+        return self.death_timeout + BATCH_LOST_MARGIN_S
 
     @property
     def slots_per_pilot(self) -> int:
@@ -109,6 +129,7 @@ class PilotPool(Block):
             ),
             "log_directory": self.log_directory,
             "job_name": "p3s-pilot",
+            "death_timeout": self.death_timeout,
         }
         if self.python:
             kwargs["python"] = self.python

@@ -195,6 +195,12 @@ class PilotSettings(BaseModel):
     walltime: str = Field("01:00:00", description="Batch wall-clock limit of each pilot.")
     queue: str | None = Field(None, description="Slurm partition; None means the default.")
     idle_seconds: float = Field(30.0, description="Idle time (s) after which a pilot retires.")
+    death_timeout: float = Field(
+        60.0,
+        gt=0,
+        description="A batch pilot cut off from its scheduler this long (s) ends itself; its "
+        "runs are executed again 30 s later.",
+    )
     query_seconds: float = Field(
         0.2, description="How often the pilot worker asks for scheduled runs when slots are free."
     )

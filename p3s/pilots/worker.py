@@ -63,11 +63,6 @@ from p3s.settings import Settings, get_settings
 
 #: Seconds a cancelled payload gets between SIGTERM and SIGKILL.
 CANCEL_GRACE_S = 5.0
-#: Seconds a lost local pilot may live on: a nanny kills a closing worker after 4 s.
-LOCAL_LOST_GRACE_S = 6.0
-#: Seconds a lost batch pilot may live on: dask-jobqueue's ``death-timeout`` (60 s) ends a
-#: pilot that lost its scheduler.
-BATCH_LOST_GRACE_S = 90.0
 
 
 class PilotJobConfiguration(BaseJobConfiguration):
@@ -112,6 +107,7 @@ async def load_pilot_pool(settings: Settings) -> PilotPool:
         min_pilots=p.min_pilots,
         max_pilots=p.max_pilots,
         idle_seconds=p.idle_seconds,
+        death_timeout=p.death_timeout,
         log_directory=str(settings.run_dir / "pilots"),
     )
 
@@ -359,12 +355,12 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
 
         Local pilots die with the worker's process within a second (each run's child with its
         pilot), so they are recovered at once; batch pilots live on for the cluster's
-        ``death-timeout`` (60 s) without their scheduler, so those runs are left that long
+        ``death_timeout`` without their scheduler, so those runs are left that long (and 30 s)
         first: a run is never executed twice at the same time.
         """
         pool = self.pilot_pool
         assert pool is not None
-        grace = 0.0 if pool.cluster == "local" else BATCH_LOST_GRACE_S
+        grace = 0.0 if pool.cluster == "local" else pool.lost_grace_s
         scope = anyio.CancelScope()  # a scope is entered once: this task gets its own
         self._scheduled_task_scopes.add(scope)
         with scope:
@@ -517,7 +513,7 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
     def _lost_grace_s(self) -> float:
         """How long a lost pilot's processes may live on (see :meth:`_reschedule`)."""
         assert self.pilot_pool is not None
-        return LOCAL_LOST_GRACE_S if self.pilot_pool.cluster == "local" else BATCH_LOST_GRACE_S
+        return self.pilot_pool.lost_grace_s
 
     def _lost_event(self, pilot: str, run_ids: list[UUID]) -> None:
         emit_event(

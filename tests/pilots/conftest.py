@@ -78,6 +78,8 @@ def start_pilots(stack: Stack, cluster: str, **overrides: str) -> Pilots:
         "P3S_PILOTS__SCALE_SECONDS": "1",
         "P3S_PILOTS__WALLTIME": "00:30:00",
         "P3S_PILOTS__MEMORY": "1GiB",
+        # A lost batch pilot's runs wait death timeout + 30 s before they run again.
+        "P3S_PILOTS__DEATH_TIMEOUT": "15",
         "P3S_PAYLOAD_ROOTS": os.pathsep.join(
             [str(PACKAGED_PAYLOADS), str(SCRIPTS), str(PILOT_PAYLOADS), "/usr/bin", "/bin"]
         ),

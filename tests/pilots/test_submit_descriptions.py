@@ -75,3 +75,13 @@ def test_pool_bounds_and_walltime() -> None:
     assert walltime_seconds("45") == 45 * 60
     with pytest.raises(ValueError, match="local pilot pool"):
         job_script(PilotPool(cluster="local"))
+
+
+def test_a_lost_batch_pilots_runs_wait_out_its_death_timeout() -> None:
+    """The pilot ends itself after ``death_timeout`` without its scheduler; its runs are
+    executed again only after that, so never twice at the same time."""
+    pool = PilotPool(cluster="slurm", death_timeout=15)
+    assert "--death-timeout 15" in job_script(pool, "tcp://host:8786")
+    assert pool.lost_grace_s > 15
+    assert PilotPool(cluster="htcondor").lost_grace_s > 60, "dask-jobqueue's default"
+    assert PilotPool(cluster="local").lost_grace_s < 15, "a nanny kills its worker in 4 s"

@@ -12,8 +12,10 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -83,6 +85,9 @@ def production(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Production]
             # Retention just above Prefect's 1 h minimum, looked at every 2 s.
             "P3S_SERVER__FLOW_RUN_RETENTION_DAYS": "0.05",
             "P3S_SERVER__VACUUM_SECONDS": "2",
+            # The server trims its event stream of what every consumer has read each second
+            # (60 s by default): the tests must read it as a consumer does.
+            "PREFECT_REDIS_MESSAGING_CONSUMER_TRIM_EVERY": "1",
             "P3S_PAYLOAD_ROOTS": os.pathsep.join([str(PACKAGED_PAYLOADS), str(SCRIPTS)]),
         }
     )
@@ -114,9 +119,31 @@ def job(name: str, record: Path) -> P3SJob:
     )
 
 
-def stream_events(client: redis.Redis) -> list[dict]:
-    """The events the server published on its Redis stream ``events``."""
-    return [json.loads(fields[b"data"]) for _, fields in client.xrange("events")]
+@contextmanager
+def stream_reader(client: redis.Redis) -> Iterator[Callable[[], list[dict]]]:
+    """Read the events the server publishes on its Redis stream ``events`` from now on.
+
+    As a consumer group of its own, as the server's services read the stream: the server
+    trims messages that every group has been given (every 60 s), so a plain read afterwards
+    may find them gone; a group's position holds that trim back.
+    """
+    assert client.xlen("events") > 0, "the server has published events since it started"
+    group = f"p3s-test-{uuid.uuid4().hex[:8]}"
+    client.xgroup_create("events", group, id="$")
+    seen: list[dict] = []
+
+    def read() -> list[dict]:
+        while answer := client.xreadgroup(group, "test", {"events": ">"}, count=1000):
+            entries = answer[0][1]
+            if not entries:
+                break
+            seen.extend(json.loads(fields[b"data"]) for _, fields in entries)
+        return seen
+
+    try:
+        yield read
+    finally:
+        client.xgroup_destroy("events", group)
 
 
 def test_up_creates_the_database_and_points_the_server_at_postgres_and_redis(
@@ -155,17 +182,27 @@ def test_jobs_run_and_their_state_events_pass_through_redis(
         runs = await submit_jobs([job(f"prod-{i}", record) for i in range(3)])
         return await wait_for_runs([r.id for r in runs], 180)
 
-    runs = asyncio.run(_go())
-    assert [r.state.type.value for r in runs] == ["COMPLETED"] * 3
-    assert sorted(record.read_text().split()) == sorted(str(r.id) for r in runs)
+    with stream_reader(production.redis) as read_stream:
+        runs = asyncio.run(_go())
+        assert [r.state.type.value for r in runs] == ["COMPLETED"] * 3
+        assert sorted(record.read_text().split()) == sorted(str(r.id) for r in runs)
+        ids = {str(r.id) for r in runs}
 
-    ids = {str(r.id) for r in runs}
-    completed = {
-        e["resource"]["prefect.resource.id"].removeprefix("prefect.flow-run.")
-        for e in stream_events(production.redis)
-        if e["event"] == "prefect.flow-run.Completed"
-    }
-    assert ids <= completed  # published on Redis ...
+        def _published() -> set[str]:
+            # A state's event is published after the state is stored: a run reads as
+            # Completed a moment before its event is on the stream.
+            for _ in range(60):
+                found = {
+                    e["resource"]["prefect.resource.id"].removeprefix("prefect.flow-run.")
+                    for e in read_stream()
+                    if e["event"] == "prefect.flow-run.Completed"
+                }
+                if ids <= found:
+                    return found
+                time.sleep(0.5)
+            return found
+
+        assert ids <= _published()  # published on Redis ...
 
     async def _persisted() -> set[str]:
         # ... and read back from it by the event persister into PostgreSQL.
@@ -244,10 +281,11 @@ def test_an_event_triggers_an_automation_through_redis(
                     return await wait_for_runs([runs[0].id], 180)
             raise AssertionError("the automation never created a flow run")
 
-    (run,) = asyncio.run(_go())
-    assert run.state.type.value == "COMPLETED"
-    assert record.read_text().split()[0] == str(run.id)
-    assert any(e["event"] == f"p3s.test.{marker}" for e in stream_events(production.redis))
+    with stream_reader(production.redis) as read_stream:
+        (run,) = asyncio.run(_go())
+        assert run.state.type.value == "COMPLETED"
+        assert record.read_text().split()[0] == str(run.id)
+        assert any(e["event"] == f"p3s.test.{marker}" for e in read_stream())
 
 
 def test_the_server_vacuum_deletes_finished_runs_past_their_retention(
