@@ -476,10 +476,10 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
     async def _reschedule(self, run_id: UUID, why: str, grace_s: float | None = None) -> None:
         """Put a run whose execution was lost back to Scheduled (unless it has finished).
 
-        A run left Running by a lost pilot is put back only after ``grace_s`` (default
-        :attr:`_lost_grace_s`): a pilot removed by its scheduler may still be closing (a local
-        one is killed by its nanny within seconds; a batch one ends itself at its
-        ``death-timeout``), and its execution with it. Until then it stays Running, and if it
+        A run left Running by a lost pilot is put back only after ``grace_s`` (default: the
+        pool's ``lost_grace_s``): a pilot removed by its scheduler may still be closing (a
+        local one is killed by its nanny within seconds; a batch one ends itself at its
+        ``death_timeout``), and its execution with it. Until then it stays Running, and if it
         finishes there that is its result.
         """
         try:
@@ -488,7 +488,8 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
             return
         if run.state is not None and run.state.type == StateType.RUNNING:
             running = run.state.id
-            await anyio.sleep(self._lost_grace_s if grace_s is None else grace_s)
+            assert self.pilot_pool is not None
+            await anyio.sleep(self.pilot_pool.lost_grace_s if grace_s is None else grace_s)
             try:
                 run = await self.client.read_flow_run(run_id)
             except ObjectNotFound:
@@ -508,12 +509,6 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
         self._lost_event(pilot, run_ids)
         for run_id in run_ids:
             await self._reschedule(run_id, f"pilot {pilot} was lost")
-
-    @property
-    def _lost_grace_s(self) -> float:
-        """How long a lost pilot's processes may live on (see :meth:`_reschedule`)."""
-        assert self.pilot_pool is not None
-        return self.pilot_pool.lost_grace_s
 
     def _lost_event(self, pilot: str, run_ids: list[UUID]) -> None:
         emit_event(
