@@ -202,7 +202,9 @@ class PilotSettings(BaseModel):
         "runs are executed again 30 s later.",
     )
     query_seconds: float = Field(
-        0.2, description="How often the pilot worker asks for scheduled runs when slots are free."
+        2.0,
+        description="Fallback poll (s) of the pilot worker for scheduled runs; runs are "
+        "dispatched as their Scheduled events arrive, and when a slot frees.",
     )
     scale_seconds: float = Field(2.0, description="How often the pool size is reconsidered (s).")
     below_target_seconds: float = Field(

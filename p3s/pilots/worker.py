@@ -2,7 +2,10 @@
 
 ``prefect worker start --type p3s-pilot --pool NAME`` (or ``p3s up``) runs one
 :class:`PilotWorker`. It holds the pool's Dask cluster (local, Slurm or HTCondor, from a
-:class:`~p3s.blocks.pilot_pool.PilotPool`) and, every ``P3S_PILOTS__QUERY_SECONDS``:
+:class:`~p3s.blocks.pilot_pool.PilotPool`) and, whenever the server says a run of its pool
+was scheduled (a ``prefect.flow-run.Scheduled`` event on its events websocket), a pilot slot
+frees while runs may be waiting, or ``P3S_PILOTS__QUERY_SECONDS`` have passed (the fallback
+poll):
 
 1. asks the server for scheduled runs with a limit equal to its free pilot slots (queue
    priorities respected: priority-10 first), leaving runs whose jobtype is at its limit;
@@ -143,6 +146,13 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
         self._scope: anyio.CancelScope | None = None
         self._cancelling: set[UUID] = set()
         self._below_target = scaling.BelowTarget(self.settings.pilots.below_target_seconds)
+        # Event-driven dispatch: set to fetch runs now rather than at the next fallback poll.
+        self._wake = asyncio.Event()
+        self._wake_reason = ""
+        # Runs may be waiting: the last fetch filled every free slot, or one was scheduled
+        # since. A freed slot then fetches at once.
+        self._maybe_waiting = True
+        self._fetching = asyncio.Lock()
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -171,6 +181,8 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
         assert self._runs_task_group is not None
         self._runs_task_group.start_soon(self._scale_loop)
         self._runs_task_group.start_soon(self._recover_orphans)
+        self._runs_task_group.start_soon(self._dispatch_on_wake)
+        self._runs_task_group.start_soon(self._watch_scheduled)
 
     async def teardown(self, *exc_info: Any) -> None:
         if self._scope is not None:
@@ -219,14 +231,102 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
     def _free_slots(self) -> int:
         return self._slots() - len(self._in_flight)
 
+    def _service_scope(self) -> anyio.CancelScope:
+        """A cancel scope for one of the worker's loops, cancelled when the worker stops
+        (a scope serves one ``with`` block only)."""
+        scope = anyio.CancelScope()
+        self._scheduled_task_scopes.add(scope)
+        return scope
+
+    async def _dispatch_on_wake(self) -> None:
+        """Fetch and submit runs each time :attr:`_wake` is set (between fallback polls)."""
+        with self._service_scope():
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                try:
+                    runs = await self.get_and_submit_flow_runs()
+                except Exception as exc:
+                    self._logger.warning("dispatch failed: %s", exc, exc_info=True)
+                    continue
+                if runs:
+                    self._logger.info(
+                        "dispatched on %s: %s",
+                        self._wake_reason,
+                        ", ".join(str(r.id) for r in runs),
+                    )
+
+    def _wake_for(self, reason: str) -> None:
+        """Fetch runs now (see :meth:`_dispatch_on_wake`); ``reason`` goes to its log line."""
+        self._wake_reason = reason
+        self._wake.set()
+
+    def _scheduled_filter(self) -> Any:
+        import datetime
+
+        from prefect.events.filters import (
+            EventFilter,
+            EventNameFilter,
+            EventOccurredFilter,
+            EventRelatedFilter,
+        )
+
+        assert self._work_pool is not None
+        return EventFilter(
+            # No backfill of older events: the first fetch after connecting finds those runs.
+            occurred=EventOccurredFilter(since=datetime.datetime.now(datetime.UTC)),
+            # AwaitingRetry: a run put back after its pilot was lost (by any worker).
+            event=EventNameFilter(
+                name=["prefect.flow-run.Scheduled", "prefect.flow-run.AwaitingRetry"]
+            ),
+            related=EventRelatedFilter(id=[f"prefect.work-pool.{self._work_pool.id}"]),
+        )
+
+    async def _watch_scheduled(self) -> None:
+        """Wake the dispatch for every run of this pool that the server schedules.
+
+        Polling the server often enough for sub-second dispatch cost it a third of a core on a
+        2-core host with the pool idle (measured: 0.2 s polls); the event arrives within
+        milliseconds and costs nothing while nothing happens. The fallback poll
+        (``P3S_PILOTS__QUERY_SECONDS``) covers a lost websocket and runs scheduled for later.
+        """
+        from prefect.events.clients import get_events_subscriber
+
+        with self._service_scope():
+            while self._work_pool is None:
+                await anyio.sleep(0.1)
+            while True:
+                try:
+                    async with get_events_subscriber(filter=self._scheduled_filter()) as events:
+                        self._wake_for("the events websocket (re)connecting")
+                        async for event in events:
+                            self._maybe_waiting = True
+                            self._wake_for(f"event {event.event}")
+                except Exception as exc:
+                    self._logger.warning(
+                        "no events from the server (%s): runs are dispatched by the fallback "
+                        "poll every %s s until it is back",
+                        exc,
+                        self.settings.pilots.query_seconds,
+                    )
+                await anyio.sleep(self.settings.pilots.query_seconds)
+
     async def get_and_submit_flow_runs(self) -> list[FlowRun]:
         self._last_polled_time = prefect_now("UTC")
         if not self._has_successfully_synced or self._dask is None:
             return []
+        # The fallback poll and a wake may meet: one fetch at a time, or both would fill
+        # the same free slots.
+        async with self._fetching:
+            return await self._fetch_and_submit()
+
+    async def _fetch_and_submit(self) -> list[FlowRun]:
         free = self._free_slots()
         if free <= 0:
             return []
-        runs = await self._fetch(free + self._skipped)
+        limit = free + self._skipped
+        runs = await self._fetch(limit)
+        self._maybe_waiting = len(runs) >= limit
         self._skipped = 0
         await self._refresh_limits()
         claimed_per_type: dict[str, int] = {}
@@ -431,6 +531,8 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
         finally:
             self._in_flight.pop(entry.run_id, None)
             self._cancelling.discard(entry.run_id)
+            if self._maybe_waiting:  # a slot is free and runs may be waiting for one
+                self._wake_for("a freed pilot slot")
             if self._cancelling_observer is not None:
                 self._cancelling_observer.remove_in_flight_flow_run_id(entry.run_id)
         return await self._settle(entry, result)
@@ -504,6 +606,8 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
         await self._set_state(
             run_id, Scheduled(name="AwaitingRetry", message=f"rescheduled: {why} (pilotTO)")
         )
+        self._maybe_waiting = True
+        self._wake_for("a rescheduled run")
 
     async def _pilot_lost(self, pilot: str, run_ids: list[UUID]) -> None:
         self._lost_event(pilot, run_ids)
@@ -570,6 +674,8 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
                     await self._scale_once()
                 except Exception as exc:
                     self._logger.warning("pilot scaling failed: %s", exc, exc_info=True)
+                if self._maybe_waiting and self._free_slots() > 0:  # e.g. a pilot joined
+                    self._wake_for("free pilot slots")
                 await anyio.sleep(self.settings.pilots.scale_seconds)
 
     async def _count_backlog(self) -> int:

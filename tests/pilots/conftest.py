@@ -111,7 +111,9 @@ def stop_pilots(pilots: Pilots) -> None:
 
 @pytest.fixture(scope="module")
 def local_pilots(stack: Stack) -> Iterator[Pilots]:
-    pilots = start_pilots(stack, "local")
+    # A fallback poll far slower than the tests: the runs here are dispatched by the server's
+    # events (scheduled, rescheduled) and by freed slots, as in production.
+    pilots = start_pilots(stack, "local", P3S_PILOTS__QUERY_SECONDS="30")
     try:
         yield pilots
     finally:

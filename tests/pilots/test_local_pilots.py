@@ -66,6 +66,19 @@ def test_runs_execute_in_turn_on_a_warm_pilot(local_pilots: Pilots, tmp_path: Pa
     assert counts["total"] == counts["starting"] + counts["idle"] + counts["running"]
 
 
+def test_a_scheduled_run_is_dispatched_on_its_event(local_pilots: Pilots, tmp_path: Path) -> None:
+    # The fallback poll is 30 s here: the worker fetched this run because the server's
+    # prefect.flow-run.Scheduled event told it, and its log says so.
+    wait_for(lambda: local_pilots.counts().get("idle", 0) >= 1, 120, "an idle pilot")
+    (submitted,) = run(submit(local_pilots, [job("on-event", tmp_path / "exec.log")]))
+    (done,) = run(wait_for_runs([submitted.id], 180))
+    assert done.state.type.value == "COMPLETED", done.state
+    dispatched = [ln for ln in local_pilots.log().splitlines() if str(submitted.id) in ln]
+    assert any("dispatched on event prefect.flow-run.Scheduled" in ln for ln in dispatched), (
+        dispatched
+    )
+
+
 def test_higher_priority_runs_first(local_pilots: Pilots, tmp_path: Path) -> None:
     log = tmp_path / "exec.log"
     # Occupy every slot (one or two pilots), then queue a low and a high priority job while the
