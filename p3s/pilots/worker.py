@@ -606,8 +606,6 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
         await self._set_state(
             run_id, Scheduled(name="AwaitingRetry", message=f"rescheduled: {why} (pilotTO)")
         )
-        self._maybe_waiting = True
-        self._wake_for("a rescheduled run")
 
     async def _pilot_lost(self, pilot: str, run_ids: list[UUID]) -> None:
         self._lost_event(pilot, run_ids)
