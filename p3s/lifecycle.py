@@ -231,10 +231,12 @@ def move(source: Area, dest: Area, name: str) -> bool:
         try:
             os.rename(src, dst)
         except FileNotFoundError:
-            if not os.path.isdir(dst_path):
-                os.makedirs(dst_path, exist_ok=True)
-                return move(source, dest, name)
-            return False
+            # The source is gone (another run moved it) or the destination folder is missing;
+            # ask about the source itself: a concurrent run may create the folder meanwhile.
+            if not os.path.lexists(src):
+                return False
+            os.makedirs(dst_path, exist_ok=True)
+            return move(source, dest, name)
         return True
     try:
         fs.mv(src, dst)

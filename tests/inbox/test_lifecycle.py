@@ -97,6 +97,36 @@ def test_concurrent_runs_for_one_file_move_it_exactly_once(layout, tmp_path: Pat
     assert layout.where(name) == "used"
 
 
+def test_a_move_whose_destination_folder_appears_meanwhile_still_moves(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The race CI met: the rename fails for want of used/, and a concurrent run creates used/
+    before this one looks; the source is still there, so this run must move it, not report
+    that another run did."""
+    import os
+
+    from p3s import lifecycle
+
+    layout = Layout(f"file://{tmp_path / 'data'}")
+    name = raw_name(8)
+    put(layout, name, stage="claimed")
+    real_rename = os.rename
+    calls = []
+
+    def rename_racing_a_mkdir(src: str, dst: str) -> None:
+        calls.append(src)
+        if len(calls) == 1:
+            os.makedirs(os.path.dirname(dst))  # the other run's makedirs, in between
+            raise FileNotFoundError(dst)
+        real_rename(src, dst)
+
+    monkeypatch.setattr(lifecycle.os, "rename", rename_racing_a_mkdir)
+    assert lifecycle.move(layout.claimed, layout.used, name) is True
+    assert layout.where(name) == "used" and len(calls) == 2
+    # A source that is really gone is reported as such.
+    assert lifecycle.move(layout.claimed, layout.used, raw_name(9)) is False
+
+
 def test_the_sweep_settles_files_whose_outcomes_the_catalog_holds(tmp_path: Path) -> None:
     from p3s.catalog import open_catalog
 
