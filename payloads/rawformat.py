@@ -736,16 +736,33 @@ class RawFile:
         ds = self._group(i)["adc"]
         return self._read_dataset(ds, () if rows is None else rows)
 
-    def iter_fibers(self, i: int) -> Iterator[tuple[int, slice | np.ndarray, np.ndarray]]:
+    def iter_fibers(
+        self, i: int, *, reuse_buffer: bool = False
+    ) -> Iterator[tuple[int, slice | np.ndarray, np.ndarray]]:
         """Yield ``(fiber, rows, adc_block)`` for event ``i``, one fiber chunk at a time.
 
         ``adc_block`` is uint16 (n_rows_of_fiber, n_ticks) and ``rows`` selects those rows of
         the full ``adc`` array. Every row is yielded exactly once, in fiber order.
+
+        With ``reuse_buffer`` every block is read into the same buffer (no fresh 1.5 MB array,
+        and its page faults, per fiber): a block is then valid only until the next one.
         """
         ds = self._group(i)["adc"]
+        buffer: np.ndarray | None = None
         for fiber in self.geometry.fibers:
             rows = self.geometry.rows_of_fiber(int(fiber))
-            yield int(fiber), rows, self._read_dataset(ds, rows)
+            if not (reuse_buffer and isinstance(rows, slice)):
+                yield int(fiber), rows, self._read_dataset(ds, rows)
+                continue
+            n = rows.stop - rows.start
+            if buffer is None or buffer.shape[0] < n:
+                buffer = np.empty((n, ds.shape[1]), dtype=ds.dtype)
+            block = buffer[:n]
+            try:
+                ds.read_direct(block, source_sel=np.s_[rows])
+            except (OSError, RuntimeError) as exc:
+                raise self._error(f"dataset {ds.name} cannot be read, corrupt ({exc})") from exc
+            yield int(fiber), rows, block
 
     def read_pds(self, i: int) -> np.ndarray | None:
         """Return uint16 photon-detector waveforms (n_pds_channels, n_samples), or None."""
