@@ -23,6 +23,7 @@ import os
 import re
 import uuid
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
@@ -737,32 +738,52 @@ class RawFile:
         return self._read_dataset(ds, () if rows is None else rows)
 
     def iter_fibers(
-        self, i: int, *, reuse_buffer: bool = False
+        self, i: int, *, reuse_buffer: bool = False, read_ahead: bool = False
     ) -> Iterator[tuple[int, slice | np.ndarray, np.ndarray]]:
         """Yield ``(fiber, rows, adc_block)`` for event ``i``, one fiber chunk at a time.
 
         ``adc_block`` is uint16 (n_rows_of_fiber, n_ticks) and ``rows`` selects those rows of
         the full ``adc`` array. Every row is yielded exactly once, in fiber order.
 
-        With ``reuse_buffer`` every block is read into the same buffer (no fresh 1.5 MB array,
-        and its page faults, per fiber): a block is then valid only until the next one.
+        Args:
+            i: event index.
+            reuse_buffer: read every block into the same buffer (no fresh 1.5 MB array, and
+                its page faults, per fiber): a block is then valid only until the next one is
+                asked for.
+            read_ahead: with ``reuse_buffer``, read the next fiber (and verify its checksum,
+                which HDF5 does without holding the GIL) in a thread while the caller works on
+                this one, in two buffers used in turn. Worth it with a spare core only.
         """
         ds = self._group(i)["adc"]
-        buffer: np.ndarray | None = None
-        for fiber in self.geometry.fibers:
-            rows = self.geometry.rows_of_fiber(int(fiber))
-            if not (reuse_buffer and isinstance(rows, slice)):
-                yield int(fiber), rows, self._read_dataset(ds, rows)
-                continue
-            n = rows.stop - rows.start
-            if buffer is None or buffer.shape[0] < n:
-                buffer = np.empty((n, ds.shape[1]), dtype=ds.dtype)
-            block = buffer[:n]
+        fibers = [(int(f), self.geometry.rows_of_fiber(int(f))) for f in self.geometry.fibers]
+        slices = [rows for _, rows in fibers if isinstance(rows, slice)]
+        if not reuse_buffer or len(slices) < len(fibers):
+            for fiber, rows in fibers:
+                yield fiber, rows, self._read_dataset(ds, rows)
+            return
+        n_max = max(rows.stop - rows.start for rows in slices)
+        buffers = [np.empty((n_max, ds.shape[1]), dtype=ds.dtype) for _ in range(1 + read_ahead)]
+
+        def read(k: int) -> np.ndarray:
+            rows = slices[k]
+            block = buffers[k % len(buffers)][: rows.stop - rows.start]
             try:
                 ds.read_direct(block, source_sel=np.s_[rows])
             except (OSError, RuntimeError) as exc:
                 raise self._error(f"dataset {ds.name} cannot be read, corrupt ({exc})") from exc
-            yield int(fiber), rows, block
+            return block
+
+        if not read_ahead:
+            for k, (fiber, rows) in enumerate(fibers):
+                yield fiber, rows, read(k)
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="p3s-read-ahead") as pool:
+            pending = pool.submit(read, 0)
+            for k, (fiber, rows) in enumerate(fibers):
+                block = pending.result()
+                if k + 1 < len(fibers):
+                    pending = pool.submit(read, k + 1)
+                yield fiber, rows, block
 
     def read_pds(self, i: int) -> np.ndarray | None:
         """Return uint16 photon-detector waveforms (n_pds_channels, n_samples), or None."""

@@ -407,14 +407,22 @@ def _iter_events(raw: RawFile, n_events: int | None) -> range:
     return range(n)
 
 
-def accumulate(raw: RawFile, *, n_events: int | None = None) -> _Accumulator:
-    """Stream the events of ``raw`` one fiber at a time into an accumulator."""
+def spare_core() -> bool:
+    """Whether this process may run on more than one core (a batch slot's cpuset says)."""
+    return len(os.sched_getaffinity(0)) > 1
+
+
+def accumulate(
+    raw: RawFile, *, n_events: int | None = None, read_ahead: bool = False
+) -> _Accumulator:
+    """Stream the events of ``raw`` one fiber at a time into an accumulator (``read_ahead``:
+    the next fiber is read in a thread meanwhile, see :meth:`RawFile.iter_fibers`)."""
     binning = SpectrumBinning.for_readout(raw.n_ticks, raw.tick_us)
     acc = _Accumulator(raw.geometry, binning)
     for i in _iter_events(raw, n_events):
         acc.ped.append(np.zeros(raw.geometry.n_channels, np.float32))
         acc.rms.append(np.zeros(raw.geometry.n_channels, np.float32))
-        for fiber, rows, block in raw.iter_fibers(i, reuse_buffer=True):
+        for fiber, rows, block in raw.iter_fibers(i, reuse_buffer=True, read_ahead=read_ahead):
             acc.add_fiber(fiber, rows, block)
         acc.add_pds(raw.read_pds(i))
         acc.n_events += 1
@@ -633,7 +641,11 @@ def _figures(channels, histograms, lines, acc) -> dict:
 
 
 def analyse(
-    raw: RawFile | str | os.PathLike[str], *, n_events: int | None = None, figures: bool = True
+    raw: RawFile | str | os.PathLike[str],
+    *,
+    n_events: int | None = None,
+    figures: bool = True,
+    read_ahead: bool | None = None,
 ) -> PayloadResult:
     """Run the TPC monitor on a raw file.
 
@@ -641,6 +653,9 @@ def analyse(
         raw: an open :class:`~p3s.payloads.rawformat.RawFile`, or a path to open (and close).
         n_events: analyse the first ``n_events`` events only (default: all).
         figures: make the figures (False saves about a second per file).
+        read_ahead: read the next fiber in a thread while this one is analysed (None: when
+            the process may use a second core). Measured on one full event: 0.46-0.51 s
+            instead of 0.52-0.56 s of wall time, for 0.05-0.1 s more CPU time.
 
     Returns:
         :class:`~p3s.payloads.products.PayloadResult` named ``"tpc_monitor"`` with tables
@@ -651,8 +666,10 @@ def analyse(
     """
     if not isinstance(raw, RawFile):
         with open_raw(raw) as opened:
-            return analyse(opened, n_events=n_events, figures=figures)
-    acc = accumulate(raw, n_events=n_events)
+            return analyse(opened, n_events=n_events, figures=figures, read_ahead=read_ahead)
+    acc = accumulate(
+        raw, n_events=n_events, read_ahead=spare_core() if read_ahead is None else read_ahead
+    )
     channels = _channel_table(acc)
     planes = _plane_table(channels)
     pds = _pds_table(acc)

@@ -113,14 +113,18 @@ def test_adc_is_chunked_by_fiber(raw_file):
         assert h5["events/000000/adc"].chunks == (128, 300)
 
 
-@pytest.mark.parametrize("reuse_buffer", [False, True])
-def test_iter_fibers_covers_every_row_exactly_once(raw_file, reuse_buffer):
+@pytest.mark.parametrize(
+    ("reuse_buffer", "read_ahead"), [(False, False), (True, False), (True, True)]
+)
+def test_iter_fibers_covers_every_row_exactly_once(raw_file, reuse_buffer, read_ahead):
     path = raw_file(geometry=Geometry.reduced(2, 3))
     with open_raw(path) as raw:
         full = raw.read_adc(1)
         seen = np.zeros(raw.geometry.n_channels, dtype=int)
         fibers = []
-        for fiber, rows, block in raw.iter_fibers(1, reuse_buffer=reuse_buffer):
+        for fiber, rows, block in raw.iter_fibers(
+            1, reuse_buffer=reuse_buffer, read_ahead=read_ahead
+        ):
             fibers.append(fiber)
             seen[rows] += 1
             assert np.array_equal(block, full[rows])
@@ -252,8 +256,9 @@ def test_corrupt_bytes_in_adc_are_reported_with_event_and_dataset(raw_file):
         raw.read_adc(0)
         with pytest.raises(RawFormatError, match="/events/000001/adc"):
             raw.read_adc(1)
-        with pytest.raises(RawFormatError, match="/events/000001/adc"):  # the buffered reads
-            list(raw.iter_fibers(1, reuse_buffer=True))
+        for read_ahead in (False, True):  # the buffered reads, in this thread or another
+            with pytest.raises(RawFormatError, match="/events/000001/adc"):
+                list(raw.iter_fibers(1, reuse_buffer=True, read_ahead=read_ahead))
     err = _fault(path)
     assert "/events/000001/adc" in str(err) and "corrupt" in str(err)
 

@@ -169,6 +169,16 @@ def test_analyse_finds_dead_noisy_channels_and_the_line(synthetic):
     assert s["mean_rms"]["X"] == pytest.approx(live_x.mean())
 
 
+def test_analyse_gives_the_same_products_with_and_without_read_ahead(synthetic):
+    one = tpc_monitor.analyse(synthetic, figures=False, read_ahead=False)
+    two = tpc_monitor.analyse(synthetic, figures=False, read_ahead=True)
+    assert one.summary == two.summary
+    assert one.tables["channels"].equals(two.tables["channels"])
+    assert one.histograms.keys() == two.histograms.keys()
+    for name, h in one.histograms.items():
+        assert np.array_equal(h.view(flow=True), two.histograms[name].view(flow=True)), name
+
+
 def test_analyse_tables_histograms_and_figures(synthetic):
     result = tpc_monitor.analyse(synthetic, n_events=2)
     channels = result.tables["channels"]
