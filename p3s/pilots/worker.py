@@ -91,6 +91,10 @@ class InFlight:
     submitted: float = field(default_factory=time.monotonic)
 
 
+#: Times a run whose child ended before the run started is put back before it is Crashed.
+NOT_STARTED_RETRIES = 2
+
+
 def _task_key(run_id: UUID) -> str:
     """A fresh Dask key for one execution of a flow run (its claim names it)."""
     return f"p3s-run-{run_id}-{uuid.uuid4().hex[:8]}"
@@ -133,6 +137,8 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
         self._dask: Any = None
         self._in_flight: dict[UUID, InFlight] = {}
         self._entrypoints: dict[UUID, str] = {}
+        # Runs whose child ended before the run started, and how often (see _settle).
+        self._not_started: dict[UUID, int] = {}
         self._skipped = 0
         self._limits: dict[str, int] = {}
         self._limits_read = 0.0
@@ -545,12 +551,24 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
                 entry.run_id, Cancelled(message=f"cancelled: payload stopped on pilot {pilot}")
             )
             return 0
+        tries = self._not_started.pop(entry.run_id, 0)
         if code == 0:
             return 0
         run = await self.client.read_flow_run(entry.run_id)
         state = run.state
         if state is None or state.is_final():
             return 0 if code == execute.NOT_CLAIMED else code or 1
+        if execute.claimed_for(state, str(entry.future.key)) and tries < NOT_STARTED_RETRIES:
+            # Still this execution's claim: the child ended before its engine set Running, so
+            # nothing of the run was executed (the Prefect API unreachable while the server
+            # restarts, typically). It may run again; one that never starts ends Crashed.
+            self._not_started[entry.run_id] = tries + 1
+            await self._reschedule(
+                entry.run_id,
+                f"its flow-run process on pilot {pilot} exited with code {code} before the "
+                f"run started (attempt {tries + 1} of {NOT_STARTED_RETRIES + 1})",
+            )
+            return code or 1
         if code == execute.NOT_CLAIMED:
             # Another execution has the run. A newer claim (Pending) goes its own way; an
             # execution of an older claim that started it (Running) lives on a lost pilot:

@@ -195,3 +195,40 @@ def test_a_killed_pilot_worker_leaves_no_run_behind(local_pilots: Pilots, tmp_pa
             return [st.message or "" for st in await client.read_flow_run_states(flow_run.id)]
 
     assert any("stopped while it held the run" in m for m in run(messages()))
+
+
+def test_a_run_whose_child_ends_before_it_starts_is_put_back_then_crashed(
+    local_pilots: Pilots,
+) -> None:
+    """A child that ends before its engine sets Running (the Prefect API unreachable, here a
+    flow that cannot be loaded) executed nothing: the run goes back to Scheduled twice, then
+    ends Crashed saying why, instead of being retried for ever."""
+    from prefect.client.orchestration import get_client
+
+    from p3s.pilots.worker import NOT_STARTED_RETRIES
+
+    async def create() -> object:
+        async with get_client() as client:
+            flow_id = await client.create_flow_from_name("p3s-unloadable")
+            deployment_id = await client.create_deployment(
+                flow_id=flow_id,
+                name=local_pilots.pool,
+                entrypoint="flows/no_such_module.py:no_such_flow",
+                work_pool_name=local_pilots.pool,
+            )
+            return await client.create_flow_run_from_deployment(deployment_id)
+
+    async def history(run_id) -> list:
+        async with get_client() as client:
+            return await client.read_flow_run_states(run_id)
+
+    submitted = run(create())
+    (done,) = run(wait_for_runs([submitted.id], 180))
+    assert done.state.type.value == "CRASHED", done.state
+    assert "exited with code 1" in done.state.message, done.state.message
+    put_back = [
+        s for s in run(history(submitted.id)) if "before the run started" in (s.message or "")
+    ]
+    assert len(put_back) == NOT_STARTED_RETRIES, [s.message for s in put_back]
+    assert all(s.name == "AwaitingRetry" for s in put_back)
+    assert done.run_count == 0  # the engine never ran it
