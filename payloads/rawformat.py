@@ -713,9 +713,15 @@ class RawFile:
             raise IndexError(f"{self._name}: event index {i} out of range 0..{self.n_events - 1}")
         return self._h5["events"][f"{self.event_ids[i]:06d}"]
 
-    def _read_dataset(self, ds: h5py.Dataset, sel: Any = ()) -> np.ndarray:
+    def _read_dataset(
+        self, ds: h5py.Dataset, sel: Any = (), out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """``ds[sel]``, or read into ``out`` (and return it); a read error is a format fault."""
         try:
-            return ds[sel]
+            if out is None:
+                return ds[sel]
+            ds.read_direct(out, source_sel=np.s_[sel])
+            return out
         except (OSError, RuntimeError) as exc:
             raise self._error(f"dataset {ds.name} cannot be read, corrupt ({exc})") from exc
 
@@ -766,12 +772,7 @@ class RawFile:
 
         def read(k: int) -> np.ndarray:
             rows = slices[k]
-            block = buffers[k % len(buffers)][: rows.stop - rows.start]
-            try:
-                ds.read_direct(block, source_sel=np.s_[rows])
-            except (OSError, RuntimeError) as exc:
-                raise self._error(f"dataset {ds.name} cannot be read, corrupt ({exc})") from exc
-            return block
+            return self._read_dataset(ds, rows, buffers[k % len(buffers)][: rows.stop - rows.start])
 
         if not read_ahead:
             for k, (fiber, rows) in enumerate(fibers):

@@ -94,25 +94,13 @@ def unfinished_runs() -> list[Any]:
 # 1. The Prefect server restarted while 200 jobs are queued
 
 
-def test_prefect_server_restarted_with_200_jobs_queued(
-    fault_system: FaultSystem, fault: FaultRecord, tmp_path: Path
-) -> None:
-    """The Prefect server restarted while 200 jobs are queued"""
-    settings = fault_system.settings
-    log = tmp_path / "exec.log"
-    ids = submit([job(f"server-{i}", log) for i in range(200)])
-    wait_for(lambda: starts(log), 180, "the pilots took a job")  # the pool is serving
+def start_again_what_the_outage_ended(fault: FaultRecord, settings: Any) -> None:
+    """After a server outage, start again what `p3s up` would: only the services (pilot
+    worker, inbox watcher) that did not outlive it; the report says which."""
     services = {
         "pilot worker": system.pilot_worker_process(settings, settings.pool.name),
         "inbox watcher": system.inbox_watcher_process(settings),
     }
-    fault.inject(f"200 jobs queued ({len(starts(log))} started); Prefect server stopped")
-    assert system.server_process(settings).stop()
-    time.sleep(5)
-    fault.inject(f"Prefect server started again after 5 s down ({len(starts(log))} started)")
-    system.start_server(settings, _noop)
-    time.sleep(5)
-    # What `p3s up` would start again: only what did not outlive the outage.
     gone = [name for name, proc in services.items() if proc.process() is None]
     if gone:
         fault.inject(f"{' and '.join(gone)} exited during the outage: started again")
@@ -121,6 +109,23 @@ def test_prefect_server_restarted_with_200_jobs_queued(
     fault.notes.append(
         f"services that did not outlive the server's outage: {', '.join(gone) or 'none'}"
     )
+
+
+def test_prefect_server_restarted_with_200_jobs_queued(
+    fault_system: FaultSystem, fault: FaultRecord, tmp_path: Path
+) -> None:
+    """The Prefect server restarted while 200 jobs are queued"""
+    settings = fault_system.settings
+    log = tmp_path / "exec.log"
+    ids = submit([job(f"server-{i}", log) for i in range(200)])
+    wait_for(lambda: starts(log), 180, "the pilots took a job")  # the pool is serving
+    fault.inject(f"200 jobs queued ({len(starts(log))} started); Prefect server stopped")
+    assert system.server_process(settings).stop()
+    time.sleep(5)
+    fault.inject(f"Prefect server started again after 5 s down ({len(starts(log))} started)")
+    system.start_server(settings, _noop)
+    time.sleep(5)
+    start_again_what_the_outage_ended(fault, settings)
     settle_jobs(fault, ids, log)
     assert_accounted(fault)
 
@@ -457,10 +462,6 @@ def test_prefect_server_down_while_20_files_arrive(
     settings = fault_system.settings
     layout = Layout.of(settings)
     names = [raw_filename(800 + i, 1) for i in range(SERVER_DOWN_FILES)]
-    services = {
-        "pilot worker": system.pilot_worker_process(settings, settings.pool.name),
-        "inbox watcher": system.inbox_watcher_process(settings),
-    }
     assert system.server_process(settings).stop()
     down_at = time.monotonic()
     fault.inject("Prefect server stopped")
@@ -475,11 +476,7 @@ def test_prefect_server_down_while_20_files_arrive(
     )
     system.start_server(settings, _noop)
     fault.inject(f"Prefect server started again after {time.monotonic() - down_at:.0f} s down")
-    gone = [name for name, proc in services.items() if proc.process() is None]
-    if gone:
-        fault.inject(f"{' and '.join(gone)} exited during the outage: started again")
-        system.start_worker(settings, _noop)
-        system.start_inbox_watcher(settings, _noop)
+    start_again_what_the_outage_ended(fault, settings)
     account_files(fault, settings, names)
     assert_accounted(fault)
     assert fault.completed == len(names), fault.failed
