@@ -48,11 +48,27 @@ def simulate_run(settings: Settings, run: int, n_events: int, seed: int) -> Path
 # The inbox path: a file dropped in the inbox, DQM flow runs created by event triggers
 
 
-def drop_into_inbox(settings: Settings, run: int, n_events: int, seed: int, subrun: int = 1) -> str:
+def free_subrun(settings: Settings, run: int) -> int:
+    """The first subrun of ``run`` whose raw file name no life-cycle folder holds yet, so that
+    a demo run again on the same home delivers a new file, not a second copy of a used one."""
+    from p3s.lifecycle import Layout
+    from p3s.payloads.rawformat import raw_filename
+
+    layout = Layout.of(settings)
+    taken = set().union(
+        *(layout.area(s).names() for s in ("inbox", "claimed", "used", "quarantine"))
+    )
+    return next(sub for sub in range(1, 10_000) if raw_filename(run, sub) not in taken)
+
+
+def drop_into_inbox(
+    settings: Settings, run: int, n_events: int, seed: int, subrun: int | None = None
+) -> str:
     """Simulate a reduced-geometry raw file and put it into the inbox complete, in one step.
 
     The file is written in scratch, then staged out to the inbox under a hidden temporary name
-    and renamed (the scan ignores hidden names), as a transfer service would. Returns its name.
+    and renamed (the scan ignores hidden names), as a transfer service would. ``subrun`` None:
+    the first one of ``run`` not delivered before (:func:`free_subrun`). Returns its name.
     """
     import tempfile
 
@@ -61,6 +77,8 @@ def drop_into_inbox(settings: Settings, run: int, n_events: int, seed: int, subr
     from p3s.payloads.rawformat import raw_filename
     from p3s.payloads.simulate import simulate_file
 
+    if subrun is None:
+        subrun = free_subrun(settings, run)
     name = raw_filename(run, subrun)
     settings.scratch.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="demo-", dir=settings.scratch) as tmp:

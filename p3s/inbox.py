@@ -10,8 +10,10 @@ One pass (:meth:`InboxScanner.scan`):
 3. A file is complete once its size and mtime were the same for ``settle_seconds`` (seen in
    two scans that far apart, or an mtime that old).
 4. Claim it: rename ``inbox/NAME`` to ``claimed/NAME``. A rename is atomic: when two scans
-   race, one rename succeeds and the other finds the source gone. A name already in claimed/,
-   used/ or quarantine/ is not claimed again (reported; the inbox copy stays).
+   race, one rename succeeds and the other finds the source gone. A name already in claimed/
+   or quarantine/ is not claimed again (reported once; the inbox copy stays until an operator
+   removes the other). A name already in used/ was processed before: the new copy goes to
+   quarantine/ with ``NAME.reason`` saying so (a ``p3s.file.quarantined`` event), unprocessed.
 5. Announce it: post the ``p3s.file.arrived`` event and, once the server accepted it, write the
    marker ``.state/announced/NAME``. The event id is derived from the claim (URL, size, mtime),
    so a repeat of the same announcement is dropped by the server's trigger evaluation.
@@ -34,7 +36,15 @@ from typing import Any
 import httpx
 
 from p3s.datatypes import DataType, FileIdentity, classify
-from p3s.lifecycle import Entry, Layout, UnsafeName, move, name_fault, quarantined_event
+from p3s.lifecycle import (
+    Entry,
+    Layout,
+    UnsafeName,
+    move,
+    name_fault,
+    quarantined_event,
+    redelivery_reason,
+)
 from p3s.settings import Settings
 from p3s.storage import StorageError
 
@@ -124,7 +134,8 @@ class ScanReport:
     waiting: list[str] = field(default_factory=list)
     refused: list[tuple[str, str]] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
-    duplicates: list[str] = field(default_factory=list)
+    duplicates: list[tuple[str, str]] = field(default_factory=list)
+    redelivered: list[str] = field(default_factory=list)
     lost_race: list[str] = field(default_factory=list)
     not_announced: list[tuple[str, str]] = field(default_factory=list)
 
@@ -134,9 +145,10 @@ class ScanReport:
         out += [f"announced {n}" for n in self.announced]
         out += [f"refused {n!r}: {why}" for n, why in self.refused]
         out += [f"left in the inbox (no data type matches): {n}" for n in self.unknown]
+        out += [f"left in the inbox ({why}): {n}" for n, why in self.duplicates]
         out += [
-            f"left in the inbox (a file of that name was claimed before): {n}"
-            for n in self.duplicates
+            f"moved to quarantine/ (a file of that name was processed already): {n}"
+            for n in self.redelivered
         ]
         out += [f"not announced yet (will retry): {n}: {why}" for n, why in self.not_announced]
         return out
@@ -283,12 +295,19 @@ class InboxScanner:
         name = entry.name
         self._seen.pop(name, None)
         self._closed.discard(name)
+        if layout.quarantine.exists(name):
+            why = "a file of that name is in quarantine/: remove it there to process this one"
+            self._report_once(report.duplicates, (name, why), "duplicate")
+            return False
+        if layout.used.exists(name):
+            return self._quarantine_redelivery(entry, report)
         try:
             taken = move(layout.inbox, layout.claimed, name)
         except FileExistsError:
             taken = False
             if layout.inbox.exists(name):  # not a lost race: a second file of that name
-                self._report_once(report.duplicates, name, "duplicate")
+                why = "a file of that name is claimed and being processed"
+                self._report_once(report.duplicates, (name, why), "duplicate")
                 return False
         if not taken:
             report.lost_race.append(name)
@@ -304,6 +323,27 @@ class InboxScanner:
         report.claimed.append(name)
         log.info("inbox: claimed %s", name)
         return True
+
+    def _quarantine_redelivery(self, entry: Entry, report: ScanReport) -> bool:
+        """Move a second delivery of a name already in used/ to quarantine/, unprocessed."""
+        layout, name = self.layout, entry.name
+        earlier = next((e for e in layout.used.entries() if e.name == name), None)
+        sizes = (
+            f"this copy {entry.size} bytes, the processed one {earlier.size if earlier else '?'}"
+        )
+        reason = redelivery_reason(name, sizes)
+        layout.quarantine.write_text(f"{name}.reason", reason + "\n")
+        try:
+            moved = move(layout.inbox, layout.quarantine, name)
+        except FileExistsError:
+            moved = False  # quarantined by a racing scan a moment ago
+        if moved:
+            report.redelivered.append(name)
+            log.warning("inbox: %s", reason)
+            _emit_quarantined(self, name, reason)
+        else:
+            report.lost_race.append(name)
+        return False
 
     def _announce(self, announcement: Announcement, report: ScanReport) -> bool:
         name = announcement.identity.name

@@ -315,7 +315,8 @@ class Settled:
     """What :func:`settle` did for one file."""
 
     name: str
-    #: "used", "quarantine", "waiting", "already used", "already quarantine", "missing".
+    #: "used", "quarantine", "waiting", "already used", "already quarantine", "missing",
+    #: "held in claimed" (its namesake is in both used/ and quarantine/).
     action: str
     outcomes: dict[str, str] = field(default_factory=dict)
     expected: tuple[str, ...] = ()
@@ -345,6 +346,16 @@ def quarantined_event(
         "resource": {"prefect.resource.id": f"p3s.file.{name}", "p3s.file.name": name},
         "payload": {"file": name, "reason": reason, "outcomes": dict(outcomes or {})},
     }
+
+
+def redelivery_reason(name: str, detail: str = "") -> str:
+    """The quarantine reason of a second file of a name that was processed already."""
+    extra = f" ({detail})" if detail else ""
+    return (
+        f"{name} was delivered again: a file of this name was processed already and is in "
+        f"used/; this copy was not processed{extra}. Compare the two, then remove this one or "
+        "rename it to deliver it under a new name."
+    )
 
 
 def catalog_outcomes(settings: Settings, file_name: str) -> dict[str, str]:
@@ -446,7 +457,18 @@ def settle(
     try:
         moved = move(layout.claimed, dest, name)
     except FileExistsError:
-        moved = False
+        if dest != layout.used or layout.quarantine.exists(name):
+            why = f"{dest.child(name)} exists already: an operator must decide which to keep"
+            return Settled(name, "held in claimed", outcomes, expected, why)
+        # Claimed while its namesake was already in used/ (a scan older than that check):
+        # keep this copy in quarantine/ rather than in claimed/ for ever.
+        summary = redelivery_reason(name, "its DQM outputs replaced the earlier ones")
+        layout.quarantine.write_text(f"{name}.reason", summary + "\n")
+        dest, action = layout.quarantine, "quarantine"
+        try:
+            moved = move(layout.claimed, dest, name)
+        except FileExistsError:
+            moved = False  # a concurrent run quarantined it a moment ago
     if not moved:  # another run of this flow moved it a moment ago
         where = layout.where(name)
         return Settled(name, f"already {where}", outcomes, expected)

@@ -16,6 +16,10 @@ console = Console(soft_wrap=True)
 
 def demo(
     run: Annotated[int, typer.Option(min=0, help="Run number of the simulated file.")] = 1,
+    subrun: Annotated[
+        int | None,
+        typer.Option(min=1, help="Subrun (default: the first of the run not delivered before)."),
+    ] = None,
     events: Annotated[int, typer.Option(min=1, help="Events in the simulated file.")] = 3,
     seed: Annotated[int, typer.Option(help="Simulator seed.")] = 1,
     wait: Annotated[bool, typer.Option(help="Wait for the DQM flow runs and show them.")] = True,
@@ -31,7 +35,7 @@ def demo(
     layout = Layout.of(settings)
     layout.ensure()
     with console.status("simulating a run…"):
-        name = drop_into_inbox(settings, run, events, seed)
+        name = drop_into_inbox(settings, run, events, seed, subrun)
     console.print(f"[green]✓[/green] dropped {layout.inbox.child(name)}")
     identity = classify(name, settings.inbox.datatypes)
     assert identity is not None, "the simulator writes np04-raw names"

@@ -106,12 +106,62 @@ def test_a_second_file_of_a_claimed_name_is_not_claimed(layout) -> None:
     _two_passes(_scanner(layout, recorder))
     put(layout, name, b"second copy")
     report = _two_passes(_scanner(layout, recorder))
-    assert report.duplicates == [name] and report.claimed == []
+    assert [n for n, _ in report.duplicates] == [name] and report.claimed == []
+    assert "claimed and being processed" in report.lines()[0]
     fs, path = layout.claimed.fs()
     with fs.open(f"{path}/{name}", "rb") as handle:
         assert handle.read() == b"first"
     assert layout.inbox.names() == {name}
     assert len(recorder.events) == 1
+
+
+def _read(area, name: str) -> bytes:
+    fs, path = area.fs()
+    with fs.open(f"{path}/{name}", "rb") as handle:
+        return handle.read()
+
+
+def test_a_file_delivered_again_after_its_namesake_was_used_goes_to_quarantine_unprocessed(
+    layout,
+) -> None:
+    layout, _ = layout
+    layout.ensure()
+    name, other = raw_name(5), raw_name(6)
+    put(layout, name, b"processed copy", stage="used")
+    put(layout, name, b"second delivery")
+    put(layout, other, b"a new file")
+    recorder = Recorder()
+    report = _two_passes(_scanner(layout, recorder))
+    assert report.redelivered == [name] and report.claimed == [other]
+    assert layout.quarantine.names() == {name, f"{name}.reason"}
+    assert _read(layout.quarantine, name) == b"second delivery"
+    assert _read(layout.used, name) == b"processed copy"
+    reason = layout.quarantine.read_text(f"{name}.reason")
+    assert "processed already" in reason and "this copy 15 bytes, the processed one 14" in reason
+    # Announced: the quarantine event for the shifters, the arrival of the other file only.
+    events = {e["resource"]["p3s.file.name"]: e["event"] for e in recorder.events}
+    assert events == {name: "p3s.file.quarantined", other: "p3s.file.arrived"}
+    assert layout.inbox.names() == set()
+
+
+def test_a_file_whose_namesake_is_in_quarantine_stays_in_the_inbox_reported_once(layout) -> None:
+    layout, _ = layout
+    layout.ensure()
+    name = raw_name(7)
+    put(layout, name, b"corrupt first copy", stage="quarantine")
+    put(layout, name, b"a fixed copy")
+    recorder = Recorder()
+    scanner = _scanner(layout, recorder)
+    report = _two_passes(scanner)
+    assert [n for n, _ in report.duplicates] == [name] and report.claimed == []
+    assert "remove it there to process this one" in report.lines()[0]
+    assert scanner.scan().duplicates == []  # reported once
+    assert _read(layout.inbox, name) == b"a fixed copy"
+    assert recorder.events == []
+    # The operator removes the quarantined copy: the fixed one is claimed and announced.
+    layout.quarantine.remove(name)
+    assert _two_passes(scanner).claimed == [name]
+    assert recorder.names() == [name]
 
 
 def test_files_arriving_while_the_sink_is_down_are_announced_once_when_it_returns(

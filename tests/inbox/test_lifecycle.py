@@ -72,6 +72,31 @@ def test_a_corrupt_file_goes_to_quarantine_with_a_reason_and_nothing_else_moves(
         assert handle.read() == b"good data"
 
 
+def test_a_claimed_file_whose_namesake_is_in_used_goes_to_quarantine_not_held_in_claimed(
+    layout, tmp_path: Path
+) -> None:
+    layout, _ = layout
+    settings = _settings(tmp_path, layout)
+    name = raw_name(8)
+    put(layout, name, b"processed before", stage="used")
+    put(layout, name, b"claimed again", stage="claimed")
+    for payload in PAYLOADS:
+        result = settle(settings, name, payload=payload, outcome="completed", extra_outcomes=_none)
+    assert result.action == "quarantine" and "delivered again" in result.reason
+    assert layout.claimed.names() == set()
+    assert layout.quarantine.names() == {name, f"{name}.reason"}
+    assert "processed already" in layout.quarantine.read_text(f"{name}.reason")
+    fs, path = layout.used.fs()
+    with fs.open(f"{path}/{name}", "rb") as handle:
+        assert handle.read() == b"processed before"
+    # A third copy, with namesakes in both used/ and quarantine/, is held and says why.
+    put(layout, name, b"third copy", stage="claimed")
+    for payload in PAYLOADS:
+        held = settle(settings, name, payload=payload, outcome="completed", extra_outcomes=_none)
+    assert held.action == "held in claimed" and "exists already" in held.reason
+    assert layout.claimed.names() == {name}
+
+
 def test_concurrent_runs_for_one_file_move_it_exactly_once(layout, tmp_path: Path) -> None:
     layout, _ = layout
     settings = _settings(tmp_path, layout)
@@ -195,3 +220,16 @@ def test_a_file_the_watchs_sweep_quarantines_is_announced_once(tmp_path: Path, m
     said = [e for e in recorder.events if e["event"] == "p3s.file.quarantined"]
     assert [e["resource"]["p3s.file.name"] for e in said] == [late]
     assert "truncated" in said[0]["payload"]["reason"]
+
+
+def test_the_demo_delivers_a_subrun_not_delivered_before(tmp_path: Path) -> None:
+    from p3s.demo import free_subrun
+
+    layout = Layout(f"file://{tmp_path / 'data'}")
+    settings = _settings(tmp_path, layout)
+    assert free_subrun(settings, 1) == 1
+    put(layout, raw_name(1, 1), stage="used")
+    put(layout, raw_name(1, 2), stage="quarantine")
+    put(layout, raw_name(2, 3), stage="claimed")  # another run: no bearing on run 1
+    assert free_subrun(settings, 1) == 3
+    assert free_subrun(settings, 2) == 1
