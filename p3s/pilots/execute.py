@@ -61,6 +61,8 @@ _running: dict[str, multiprocessing.process.BaseProcess] = {}
 _cancelled: set[str] = set()
 #: Set in a child once its run has its final state: it may then outlive its pilot.
 _final = threading.Event()
+#: The settings context :func:`settle_client_handshakes` entered in the fork server.
+_handshake_settings: Any = None
 
 
 def fork_context() -> BaseContext:
@@ -252,6 +254,50 @@ def share_tls_contexts() -> None:
 
     if not isinstance(orchestration.ssl, _SslWithSharedContexts):
         orchestration.ssl = _SslWithSharedContexts()  # type: ignore[assignment]
+
+
+def _csrf_required(client: Any) -> bool:
+    """Whether the server asks for CSRF tokens (its ``/csrf-token`` hands one out)."""
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    try:
+        client._client.get("/csrf-token", params={"client": "p3s-pilot-preload"})
+    except PrefectHTTPStatusError as exc:  # told apart as Prefect's own client does
+        response = exc.response
+        disabled = response.status_code == 422 and "CSRF protection is disabled" in response.text
+        return not (disabled or response.status_code == 404)
+    return True
+
+
+def settle_client_handshakes() -> None:
+    """Check the server's API version and CSRF use once per pilot, in its fork server.
+
+    Every Prefect client otherwise repeats both in every flow-run child: a GET of
+    ``/admin/version`` per client context and a GET of ``/csrf-token`` per client (answered
+    "disabled" by a server without CSRF protection). Traced in one child of a trivial job: 4
+    of its 20 requests. Prefect's ``server_version_check_enabled`` setting exists for such
+    worker subprocesses; a server that does require CSRF keeps the tokens.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.settings import (
+        PREFECT_CLIENT_CSRF_SUPPORT_ENABLED,
+        PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED,
+    )
+    from prefect.settings.context import temporary_settings
+
+    global _handshake_settings
+    with get_client(sync_client=True) as client:
+        client.raise_for_api_version_mismatch()  # raises on an incompatible server
+        csrf = _csrf_required(client)
+    updates: dict[Any, Any] = {PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED: False}
+    if not csrf:
+        updates[PREFECT_CLIENT_CSRF_SUPPORT_ENABLED] = False
+    # The environment for threads that build their settings afresh; the settings context
+    # for this thread and the children forked from it (held: never left).
+    for setting, value in updates.items():
+        os.environ[setting.name] = str(value).lower()
+    _handshake_settings = temporary_settings(updates=updates)
+    _handshake_settings.__enter__()
 
 
 def claimed_for(state: Any, claim: str) -> bool:

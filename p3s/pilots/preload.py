@@ -35,7 +35,7 @@ with contextlib.suppress(Exception):
 
     share_tls_contexts()
     orchestration.ssl.create_default_context(cafile=certifi.where())  # as Prefect calls it
-# Prefect's client checks the server's API version once per process: do it here, once per
-# pilot, rather than in every flow-run child (a request on each run's critical path).
-with contextlib.suppress(Exception), get_client(sync_client=True):
-    pass
+with contextlib.suppress(Exception):
+    from p3s.pilots.execute import settle_client_handshakes
+
+    settle_client_handshakes()

@@ -232,3 +232,40 @@ def test_a_run_whose_child_ends_before_it_starts_is_put_back_then_crashed(
     assert len(put_back) == NOT_STARTED_RETRIES, [s.message for s in put_back]
     assert all(s.name == "AwaitingRetry" for s in put_back)
     assert done.run_count == 0  # the engine never ran it
+
+
+CHILD_REQUESTS = r"""
+import httpx, json, sys
+import p3s.pilots.preload  # noqa: F401 - what a pilot's fork server imports first
+from prefect.settings import get_current_settings
+
+seen = []
+original = httpx.Client.send
+httpx.Client.send = lambda self, request, *a, **k: (seen.append(request.url.path),
+                                                    original(self, request, *a, **k))[1]
+from prefect.client.orchestration import get_client
+with get_client(sync_client=True) as client:  # as the engine of a flow-run child
+    client._client.post("/flow_runs/filter", json={"limit": 1})
+client_settings = get_current_settings().client
+print(json.dumps({"requests": seen, "version_check": client_settings.server_version_check_enabled,
+                  "csrf": client_settings.csrf_support_enabled}))
+"""
+
+
+def test_a_pilots_fork_server_does_the_clients_handshakes_once_for_all_its_children(
+    stack,
+) -> None:
+    """The fork server checks the server's version and CSRF use itself, so a client in a
+    flow-run child goes straight to its own requests (no /admin/version, no /csrf-token)."""
+    import json
+    import subprocess
+    import sys
+
+    env = {**os.environ, **stack.env, "PREFECT_API_URL": stack.api_url}
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD_REQUESTS], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["requests"] == ["/api/flow_runs/filter"]
+    assert report["version_check"] is False and report["csrf"] is False
