@@ -295,11 +295,14 @@ class InboxScanner:
         name = entry.name
         self._seen.pop(name, None)
         self._closed.discard(name)
+        used = layout.used.exists(name)
         if layout.quarantine.exists(name):
             why = "a file of that name is in quarantine/: remove it there to process this one"
+            if used:
+                why = "a file of that name was processed already and another is in quarantine/"
             self._report_once(report.duplicates, (name, why), "duplicate")
             return False
-        if layout.used.exists(name):
+        if used:
             return self._quarantine_redelivery(entry, report)
         try:
             taken = move(layout.inbox, layout.claimed, name)

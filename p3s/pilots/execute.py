@@ -275,7 +275,7 @@ def settle_client_handshakes() -> None:
     Every Prefect client otherwise repeats both in every flow-run child: a GET of
     ``/admin/version`` per client context and a GET of ``/csrf-token`` per client (answered
     "disabled" by a server without CSRF protection). Traced in one child of a trivial job: 4
-    of its 20 requests. Prefect's ``server_version_check_enabled`` setting exists for such
+    of its 19 requests. Prefect's ``server_version_check_enabled`` setting exists for such
     worker subprocesses; a server that does require CSRF keeps the tokens.
     """
     from prefect.client.orchestration import get_client

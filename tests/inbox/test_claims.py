@@ -142,6 +142,14 @@ def test_a_file_delivered_again_after_its_namesake_was_used_goes_to_quarantine_u
     events = {e["resource"]["p3s.file.name"]: e["event"] for e in recorder.events}
     assert events == {name: "p3s.file.quarantined", other: "p3s.file.arrived"}
     assert layout.inbox.names() == set()
+    # A third copy, with namesakes in used/ and quarantine/, waits in the inbox and says why.
+    put(layout, name, b"third delivery")
+    third = _two_passes(_scanner(layout, recorder))
+    assert third.duplicates == [
+        (name, "a file of that name was processed already and another is in quarantine/")
+    ]  # noqa: E501
+    assert _read(layout.inbox, name) == b"third delivery"
+    assert _read(layout.quarantine, name) == b"second delivery"
 
 
 def test_a_file_whose_namesake_is_in_quarantine_stays_in_the_inbox_reported_once(layout) -> None:
