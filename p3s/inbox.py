@@ -330,10 +330,9 @@ class InboxScanner:
     def _quarantine_redelivery(self, entry: Entry, report: ScanReport) -> bool:
         """Move a second delivery of a name already in used/ to quarantine/, unprocessed."""
         layout, name = self.layout, entry.name
-        earlier = next((e for e in layout.used.entries() if e.name == name), None)
-        sizes = (
-            f"this copy {entry.size} bytes, the processed one {earlier.size if earlier else '?'}"
-        )
+        earlier = layout.used.size(name)  # one stat: used/ holds every file ever processed
+        processed = "?" if earlier is None else earlier
+        sizes = f"this copy {entry.size} bytes, the processed one {processed}"
         reason = redelivery_reason(name, sizes)
         layout.quarantine.write_text(f"{name}.reason", reason + "\n")
         try:

@@ -155,6 +155,15 @@ class Area:
     def names(self) -> set[str]:
         return {e.name for e in self.entries()}
 
+    def size(self, name: str) -> int | None:
+        """Bytes of one file of the folder, without listing it (None: not there, or the
+        storage does not answer)."""
+        fs, path = self.fs()
+        try:
+            return int(fs.size(path + "/" + check_name(name)))
+        except (OSError, TypeError):  # TypeError: a size the storage does not give
+            return None
+
     def exists(self, name: str) -> bool:
         fs, path = self.fs()
         fs.invalidate_cache(path)

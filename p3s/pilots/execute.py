@@ -261,7 +261,7 @@ def _csrf_required(client: Any) -> bool:
     from prefect.exceptions import PrefectHTTPStatusError
 
     try:
-        client._client.get("/csrf-token", params={"client": "p3s-pilot-preload"})
+        client.request("GET", "/csrf-token", params={"client": "p3s-pilot-preload"})
     except PrefectHTTPStatusError as exc:  # told apart as Prefect's own client does
         response = exc.response
         disabled = response.status_code == 422 and "CSRF protection is disabled" in response.text
