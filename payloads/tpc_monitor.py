@@ -42,6 +42,8 @@ __all__ = [
     "SpectrumBinning",
     "analyse",
     "find_lines",
+    "group_power",
+    "grouped_counts",
     "pds_stats",
     "persistent_counts",
     "power_spectra",
@@ -191,6 +193,62 @@ def power_spectra(
     return np.add(p, im2, out=p)
 
 
+def group_power(
+    power: np.ndarray, binning: SpectrumBinning, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Sum ``|rfft|^2`` over the native bins of each persistent-FFT frequency group.
+
+    Args:
+        power: ``float32`` ``(rows, n_freq)``, ``|rfft|^2`` from :func:`power_spectra` [ADC^2].
+        binning: the frequency binning (group ``j`` holds native bins ``j*rebin ..``).
+        out: ``float32`` buffer ``(rows, n_groups)`` for the result.
+
+    Returns:
+        ``float32`` ``(rows, n_groups)``, summed ``|rfft|^2`` [ADC^2].
+    """
+    r, g = binning.rebin, binning.n_groups
+    native = power[:, : g * r].reshape(power.shape[0], g, r)
+    # A matrix-vector product (BLAS) sums the rebin bins of every group in one pass over the
+    # block: 4x faster than rebin strided adds (measured 29 us vs 0.12 ms per 64-row tile).
+    return np.matmul(native, np.ones(r, dtype=np.float32), out=out)
+
+
+def grouped_counts(
+    grouped: np.ndarray,
+    binning: SpectrumBinning,
+    *,
+    db_range: tuple[float, float] = DB_RANGE,
+    n_db: int = DB_BINS,
+) -> np.ndarray:
+    """Histogram grouped spectra into frequency group x power bins (``grouped`` is overwritten).
+
+    Args:
+        grouped: ``float32`` ``(rows, n_groups)`` from :func:`group_power`; used as scratch.
+        binning: the frequency binning.
+        db_range: power axis range, dB re 1 ADC^2/Hz.
+        n_db: number of power bins.
+
+    Returns:
+        ``int64`` ``(n_groups, n_db + 2)`` counts; power column 0 is the underflow and column
+        ``n_db + 1`` the overflow.
+    """
+    g = binning.n_groups
+    # A group is the mean PSD of its native bins (all but bin 0 carry the one-sided factor 2).
+    # Natural log, scaled to dB: numpy's float32 log is vectorised, its log10 is 4x slower.
+    with np.errstate(divide="ignore"):  # a zero power gives -inf: the underflow bin
+        db = np.log(grouped, out=grouped)
+    lo, hi = db_range
+    offset = 10.0 * np.log10(binning.psd_scale[1] / binning.rebin)
+    to_bin = n_db / (hi - lo)
+    db *= 10.0 / np.log(10.0) * to_bin
+    db += (offset - lo) * to_bin + 1.0
+    np.clip(db, 0, n_db + 1, out=db)
+    # int32 indices: the cast is 3x faster than to intp, and g * (n_db + 2) fits.
+    index = db.astype(np.int32)
+    index += np.arange(0, g * (n_db + 2), n_db + 2, dtype=np.int32)[None, :]
+    return np.bincount(index.ravel(), minlength=g * (n_db + 2)).reshape(g, n_db + 2)
+
+
 def persistent_counts(
     power: np.ndarray,
     binning: SpectrumBinning,
@@ -210,23 +268,7 @@ def persistent_counts(
         ``int64`` ``(n_groups, n_db + 2)`` counts; power column 0 is the underflow and column
         ``n_db + 1`` the overflow.
     """
-    r, g = binning.rebin, binning.n_groups
-    grouped = power[:, 0 : g * r : r].copy()
-    for k in range(1, r):
-        grouped += power[:, k : g * r : r]
-    # A group is the mean PSD of its native bins (all but bin 0 carry the one-sided factor 2).
-    # Natural log, scaled to dB: numpy's float32 log is vectorised, its log10 is 4x slower.
-    with np.errstate(divide="ignore"):  # a zero power gives -inf: the underflow bin
-        db = np.log(grouped, out=grouped)
-    lo, hi = db_range
-    offset = 10.0 * np.log10(binning.psd_scale[1] / r)
-    to_bin = n_db / (hi - lo)
-    db *= 10.0 / np.log(10.0) * to_bin
-    db += (offset - lo) * to_bin + 1.0
-    np.clip(db, 0, n_db + 1, out=db)
-    index = db.astype(np.intp)
-    index += np.arange(0, g * (n_db + 2), n_db + 2)[None, :]
-    return np.bincount(index.ravel(), minlength=g * (n_db + 2)).reshape(g, n_db + 2)
+    return grouped_counts(group_power(power, binning), binning, db_range=db_range, n_db=n_db)
 
 
 def _median_last(a: np.ndarray) -> np.ndarray:
@@ -362,6 +404,7 @@ class _Accumulator:
         # their page faults again and again).
         self._scratch = np.empty((TILE_ROWS, binning.n_ticks), dtype=np.float32)
         self._power = np.empty((TILE_ROWS, binning.n_freq), dtype=np.float32)
+        self._grouped = np.empty((0, binning.n_groups), dtype=np.float32)  # grows to a fiber
 
     def add_fiber(self, fiber: int, rows: slice | np.ndarray, block: np.ndarray) -> None:
         """Add one fiber block (``uint16`` ``(rows, ticks)``) of one event."""
@@ -377,6 +420,8 @@ class _Accumulator:
                 label=f"persistent FFT, fiber {fiber}",
             )
         profile, persistent = self.profile[fiber], self.persistent[fiber].view(flow=True)
+        if self._grouped.shape[0] < block.shape[0]:
+            self._grouped = np.empty((block.shape[0], self.binning.n_groups), np.float32)
         for start in range(0, block.shape[0], TILE_ROWS):
             tile = block[start : start + TILE_ROWS]
             n = tile.shape[0]
@@ -384,7 +429,10 @@ class _Accumulator:
                 tile, ped[start : start + n], self.binning, self._scratch[:n], self._power[:n]
             )
             profile += power.sum(axis=0)
-            persistent += persistent_counts(power, self.binning)
+            group_power(power, self.binning, out=self._grouped[start : start + n])
+        # One histogram per fiber, not per tile: bincount's 400 kB of counts, and adding them
+        # to the persistent FFT, cost as much as the tile's own binning.
+        persistent += grouped_counts(self._grouped[: block.shape[0]], self.binning)
 
     def add_pds(self, wave: np.ndarray | None) -> None:
         """Add one event's photon-detector waveforms (or nothing when absent)."""
