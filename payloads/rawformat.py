@@ -22,14 +22,14 @@ from __future__ import annotations
 import os
 import re
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import h5py
 import numpy as np
@@ -49,6 +49,8 @@ __all__ = [
     "raw_filename",
     "read_truth",
 ]
+
+T = TypeVar("T")
 
 FORMAT_NAME = "np04-raw-hdf5"
 FORMAT_VERSION = 1
@@ -760,31 +762,54 @@ class RawFile:
                 which HDF5 does without holding the GIL) in a thread while the caller works on
                 this one, in two buffers used in turn. Worth it with a spare core only.
         """
+        if not reuse_buffer:
+            ds = self._group(i)["adc"]
+            for fiber in self.geometry.fibers:
+                rows = self.geometry.rows_of_fiber(int(fiber))
+                yield int(fiber), rows, self._read_dataset(ds, rows)
+            return
+        for fiber, rows, block, _ in self.iter_fibers_prepared(i, None, read_ahead=read_ahead):
+            yield fiber, rows, block
+
+    def iter_fibers_prepared(
+        self, i: int, prepare: Callable[[np.ndarray], T] | None, *, read_ahead: bool = False
+    ) -> Iterator[tuple[int, slice | np.ndarray, np.ndarray, T | None]]:
+        """Yield ``(fiber, rows, adc_block, prepare(adc_block))`` for event ``i``, as
+        :meth:`iter_fibers` with ``reuse_buffer`` (a block is valid until the next is asked
+        for).
+
+        With ``read_ahead``, ``prepare`` runs in the reading thread right after the read, so a
+        payload's per-fiber first step (pedestals, say) takes the spare core too. ``prepare``
+        must not keep the block, and it should release the GIL for most of its work (numpy
+        does) to gain anything.
+        """
         ds = self._group(i)["adc"]
         fibers = [(int(f), self.geometry.rows_of_fiber(int(f))) for f in self.geometry.fibers]
-        slices = [rows for _, rows in fibers if isinstance(rows, slice)]
-        if not reuse_buffer or len(slices) < len(fibers):
-            for fiber, rows in fibers:
-                yield fiber, rows, self._read_dataset(ds, rows)
+        if not all(isinstance(rows, slice) for _, rows in fibers):
+            for fiber, rows in fibers:  # a geometry with scattered rows: fresh arrays
+                block = self._read_dataset(ds, rows)
+                yield fiber, rows, block, None if prepare is None else prepare(block)
             return
-        n_max = max(rows.stop - rows.start for rows in slices)
+        n_max = max(rows.stop - rows.start for _, rows in fibers)
         buffers = [np.empty((n_max, ds.shape[1]), dtype=ds.dtype) for _ in range(1 + read_ahead)]
 
-        def read(k: int) -> np.ndarray:
-            rows = slices[k]
-            return self._read_dataset(ds, rows, buffers[k % len(buffers)][: rows.stop - rows.start])
+        def read(k: int) -> tuple[np.ndarray, T | None]:
+            rows = fibers[k][1]
+            out = buffers[k % len(buffers)][: rows.stop - rows.start]
+            block = self._read_dataset(ds, rows, out)
+            return block, None if prepare is None else prepare(block)
 
         if not read_ahead:
             for k, (fiber, rows) in enumerate(fibers):
-                yield fiber, rows, read(k)
+                yield fiber, rows, *read(k)
             return
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="p3s-read-ahead") as pool:
             pending = pool.submit(read, 0)
             for k, (fiber, rows) in enumerate(fibers):
-                block = pending.result()
+                block, prepared = pending.result()
                 if k + 1 < len(fibers):
                     pending = pool.submit(read, k + 1)
-                yield fiber, rows, block
+                yield fiber, rows, block, prepared
 
     def read_pds(self, i: int) -> np.ndarray | None:
         """Return uint16 photon-detector waveforms (n_pds_channels, n_samples), or None."""

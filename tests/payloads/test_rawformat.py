@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -131,6 +132,29 @@ def test_iter_fibers_covers_every_row_exactly_once(raw_file, reuse_buffer, read_
             assert np.all(raw.geometry.fiber[rows] == fiber)
         assert np.all(seen == 1)
         assert fibers == raw.geometry.fibers.tolist()
+
+
+@pytest.mark.parametrize("read_ahead", [False, True])
+def test_iter_fibers_prepared_gives_each_block_its_own_result(raw_file, read_ahead):
+    path = raw_file(geometry=Geometry.reduced(2, 3))
+    threads = set()
+
+    def prepare(block: np.ndarray) -> np.ndarray:
+        threads.add(threading.current_thread().name)
+        return block.sum(axis=1)  # a result of this block, computed before it is reused
+
+    with open_raw(path) as raw:
+        full = raw.read_adc(1)
+        n = 0
+        for _fiber, rows, block, sums in raw.iter_fibers_prepared(
+            1, prepare, read_ahead=read_ahead
+        ):
+            assert np.array_equal(block, full[rows])
+            assert np.array_equal(sums, full[rows].sum(axis=1))
+            n += 1
+        assert n == len(raw.geometry.fibers)
+    # With read-ahead, prepare runs in the reading thread, beside the caller's work.
+    assert all(name.startswith("p3s-read-ahead") for name in threads) == read_ahead
 
 
 def test_iter_fibers_with_interleaved_rows(tmp_path):
