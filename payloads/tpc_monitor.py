@@ -22,6 +22,7 @@ Public API: :func:`analyse` (the payload), and the numpy pieces it is built from
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from functools import cached_property
@@ -255,9 +256,11 @@ def grouped_counts(
     with np.errstate(divide="ignore"):  # a zero power gives -inf: the underflow bin
         db = np.log(grouped, out=grouped)
     lo, hi = db_range
-    offset = 10.0 * np.log10(binning.psd_scale[1] / binning.rebin)
+    # Python floats: a numpy float64 scalar would make numpy compute the float32 block in
+    # float64 and cast back (measured 4x slower for these two steps).
+    offset = 10.0 * math.log10(float(binning.psd_scale[1]) / binning.rebin)
     to_bin = n_db / (hi - lo)
-    db *= 10.0 / np.log(10.0) * to_bin
+    db *= 10.0 / math.log(10.0) * to_bin
     db += (offset - lo) * to_bin + 1.0
     np.clip(db, 0, n_db + 1, out=db)
     # int32 indices: the cast is 3x faster than to intp, and g * (n_db + 2) fits.
