@@ -66,6 +66,19 @@ def test_persistent_counts_fill_every_channel_once_per_group():
     assert -51 <= peak_bin - 101 <= -45
 
 
+def test_group_power_of_the_interleaved_squares_equals_that_of_the_power():
+    rng = np.random.default_rng(3)
+    b = tpc_monitor.SpectrumBinning.for_readout(6000, TICK_US)
+    adc = np.rint(900 + _white(rng, 8, 6000, 3.0)).astype(np.uint16)
+    ped = np.full(8, 900.0, np.float32)
+    parts = tpc_monitor.squared_parts(adc, ped, b, np.empty((8, 6000), np.float32))
+    assert parts.shape == (8, 2 * b.n_freq)
+    power = parts[:, 0::2] + parts[:, 1::2]
+    expected = power[:, : b.n_groups * b.rebin].reshape(8, b.n_groups, b.rebin).sum(axis=2)
+    assert np.allclose(tpc_monitor.group_power(parts, b), expected, rtol=1e-5)
+    assert np.allclose(tpc_monitor.group_power(power, b), expected, rtol=1e-5)
+
+
 def test_persistent_counts_send_zeros_to_the_underflow():
     b = tpc_monitor.SpectrumBinning.for_readout(200, TICK_US)
     counts = tpc_monitor.persistent_counts(np.zeros((4, b.n_freq), np.float32), b)
