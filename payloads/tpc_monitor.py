@@ -276,18 +276,9 @@ def persistent_counts(
     db_range: tuple[float, float] = DB_RANGE,
     n_db: int = DB_BINS,
 ) -> np.ndarray:
-    """Histogram every channel's spectrum into frequency group x power bins.
-
-    Args:
-        power: ``float32`` ``(rows, n_freq)``, ``|rfft|^2`` from :func:`power_spectra`.
-        binning: the frequency binning.
-        db_range: power axis range, dB re 1 ADC^2/Hz.
-        n_db: number of power bins.
-
-    Returns:
-        ``int64`` ``(n_groups, n_db + 2)`` counts; power column 0 is the underflow and column
-        ``n_db + 1`` the overflow.
-    """
+    """Histogram every channel's spectrum into frequency group x power bins: :func:`grouped_counts`
+    of :func:`group_power` (``power`` is ``|rfft|^2`` [ADC^2] from :func:`power_spectra`, or the
+    squares from :func:`squared_parts`, and is left as it is)."""
     return grouped_counts(group_power(power, binning), binning, db_range=db_range, n_db=n_db)
 
 
