@@ -428,11 +428,11 @@ class _Accumulator:
         fiber: int,
         rows: slice | np.ndarray,
         block: np.ndarray,
-        noise: tuple[np.ndarray, np.ndarray] | None = None,
+        noise: tuple[np.ndarray, np.ndarray],
     ) -> None:
         """Add one fiber block (``uint16`` ``(rows, ticks)``) of one event; ``noise`` is its
-        :func:`fiber_noise`, when already computed."""
-        ped, rms = fiber_noise(block) if noise is None else noise
+        :func:`fiber_noise` (computed with the read)."""
+        ped, rms = noise
         self.ped[-1][rows] = ped
         self.rms[-1][rows] = rms
         if fiber not in self.profile:
