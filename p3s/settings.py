@@ -190,7 +190,13 @@ class PilotSettings(BaseModel):
     cluster: str = Field("local", description="local, slurm or htcondor.")
     min_pilots: int = Field(1, ge=0, description="Pilots kept warm when there is no work.")
     max_pilots: int = Field(4, ge=1, description="Most pilots alive at once.")
-    cores: int = Field(1, ge=1, description="Cores (and flow-run slots) of each pilot.")
+    cores: int = Field(1, ge=1, description="Cores of each pilot's batch job.")
+    slots: int | None = Field(
+        None,
+        ge=1,
+        description="Flow runs one pilot runs at once; None means one per core (more suits "
+        "payloads that mostly wait on storage or sleep).",
+    )
     memory: str = Field("2GiB", description="Memory of each pilot.")
     walltime: str = Field("01:00:00", description="Batch wall-clock limit of each pilot.")
     queue: str | None = Field(None, description="Slurm partition; None means the default.")

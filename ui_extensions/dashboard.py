@@ -10,7 +10,6 @@ does not grow with the number of runs returned. Rows: all runs, each flow, each 
 from __future__ import annotations
 
 import asyncio
-import math
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -31,6 +30,7 @@ from prefect.events.filters import (
 from prefect.events.schemas.events import ResourceSpecification
 
 from p3s.lifecycle import Layout
+from p3s.pilots.scaling import required_pilots
 from p3s.pilots.status import PilotCounts, read_status, variable_name
 from p3s.settings import Settings
 from p3s.states import p3s_state
@@ -154,8 +154,10 @@ async def pilot_counts(api: PrefectApi, settings: Settings) -> PilotCounts | Non
 
 def pilot_target(settings: Settings, counts: PilotCounts) -> int:
     """Pilots the pool should hold: the backlog and runs in flight over slots, within min/max."""
-    need = math.ceil((counts.backlog + counts.runs_in_flight) / max(1, settings.pilots.cores))
-    return max(settings.pilots.min_pilots, min(settings.pilots.max_pilots, need))
+    p = settings.pilots
+    return required_pilots(
+        counts.backlog, counts.runs_in_flight, p.slots or p.cores, p.min_pilots, p.max_pilots
+    )
 
 
 def file_counts(settings: Settings) -> dict[str, int]:

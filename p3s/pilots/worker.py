@@ -108,6 +108,7 @@ async def load_pilot_pool(settings: Settings) -> PilotPool:
     return PilotPool(
         cluster=p.cluster,  # type: ignore[arg-type]
         cores=p.cores,
+        slots=p.slots,
         memory=p.memory,
         walltime=p.walltime,
         queue=p.queue,

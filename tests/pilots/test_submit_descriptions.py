@@ -85,3 +85,23 @@ def test_a_lost_batch_pilots_runs_wait_out_its_death_timeout() -> None:
     assert pool.lost_grace_s > 15
     assert PilotPool(cluster="htcondor").lost_grace_s > 60, "dask-jobqueue's default"
     assert PilotPool(cluster="local").lost_grace_s < 15, "a nanny kills its worker in 4 s"
+
+
+def test_slots_from_the_settings_reach_the_pool_and_its_batch_job(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``pilots.slots`` gives each pilot more flow-run slots than cores: Dask threads, and
+    the scaling that sizes the pool by slots."""
+    import asyncio
+
+    from p3s.pilots.worker import load_pilot_pool
+    from p3s.settings import Settings
+
+    monkeypatch.setenv("P3S_PILOTS__CLUSTER", "slurm")
+    monkeypatch.setenv("P3S_PILOTS__CORES", "2")
+    monkeypatch.setenv("P3S_PILOTS__SLOTS", "8")
+    pool = asyncio.run(load_pilot_pool(Settings()))
+    assert pool.slots_per_pilot == 8
+    assert "--nthreads 8" in job_script(pool, "tcp://host:8786")
+    monkeypatch.delenv("P3S_PILOTS__SLOTS")
+    assert asyncio.run(load_pilot_pool(Settings())).slots_per_pilot == 2
