@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import statistics
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -40,3 +42,64 @@ async def wait_started(path: Path, timeout_s: float = 300, poll_s: float = 0.01)
             raise TimeoutError(f"payload {path.name} did not start in {timeout_s} s")
         await asyncio.sleep(poll_s)
     return float(path.read_text())
+
+
+async def pg(sql: str) -> None:
+    """Run one SQL statement on the local PostgreSQL (trust auth) as postgres."""
+    import asyncpg
+
+    conn = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/postgres")
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+class Sampler:
+    """Samples a process tree's CPU (% of one core) and resident memory in a thread."""
+
+    def __init__(self, pid: int, interval_s: float = 0.5) -> None:
+        import psutil
+
+        self.proc = psutil.Process(pid)
+        self.interval_s = interval_s
+        self.cpu: list[float] = []
+        self.rss: list[float] = []
+        self._known: dict = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _tree(self):
+        # The same Process objects from one sample to the next: cpu_percent compares a
+        # process's CPU times with those of its previous call on the same object.
+        for child in self.proc.children(recursive=True):
+            self._known.setdefault(child.pid, child)
+        self._known = {pid: p for pid, p in self._known.items() if p.is_running()}
+        return [self.proc, *self._known.values()]
+
+    def _run(self) -> None:
+        for p in self._tree():
+            p.cpu_percent(None)
+        while not self._stop.wait(self.interval_s):
+            try:
+                tree = self._tree()
+                self.cpu.append(sum(p.cpu_percent(None) for p in tree))
+                self.rss.append(sum(p.memory_info().rss for p in tree) / 2**20)
+            except Exception:
+                continue
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self) -> str:
+        if not self.cpu:
+            return "no samples"
+        return (
+            f"CPU mean {statistics.mean(self.cpu):.0f} % of a core "
+            f"(max {max(self.cpu):.0f} %), RSS max {max(self.rss):.0f} MiB"
+        )

@@ -22,73 +22,17 @@ import asyncio
 import json
 import logging
 import os
-import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from benchlib import baseline, free_port, pct, wait_started
+from benchlib import Sampler, baseline, free_port, pct, pg, wait_started
 
 PAYLOAD = """#!/bin/sh
 date +%s.%N > "$P3S_BENCH_DIR/$P3S_JOB_UUID"
 """
-
-
-async def _pg(sql: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/postgres")
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-class Sampler:
-    """Samples a process tree's CPU (% of one core) and resident memory in a thread."""
-
-    def __init__(self, pid: int, interval_s: float = 0.5) -> None:
-        import psutil
-
-        self.proc = psutil.Process(pid)
-        self.interval_s = interval_s
-        self.cpu: list[float] = []
-        self.rss: list[float] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _tree(self):
-        return [self.proc, *self.proc.children(recursive=True)]
-
-    def _run(self) -> None:
-        for p in self._tree():
-            p.cpu_percent(None)
-        while not self._stop.wait(self.interval_s):
-            try:
-                tree = self._tree()
-                self.cpu.append(sum(p.cpu_percent(None) for p in tree))
-                self.rss.append(sum(p.memory_info().rss for p in tree) / 2**20)
-            except Exception:
-                continue
-
-    def __enter__(self) -> Sampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def summary(self) -> str:
-        if not self.cpu:
-            return "no samples"
-        return (
-            f"server CPU mean {statistics.mean(self.cpu):.0f} % of a core "
-            f"(max {max(self.cpu):.0f} %), RSS max {max(self.rss):.0f} MiB"
-        )
 
 
 async def latency(job, marks: Path, n: int, deployment: str) -> list[float]:
@@ -225,7 +169,7 @@ def main() -> None:
     }
     dbname = f"p3s_bench_{os.getpid()}"
     if args.postgres:
-        asyncio.run(_pg(f'CREATE DATABASE "{dbname}"'))
+        asyncio.run(pg(f'CREATE DATABASE "{dbname}"'))
         base_env["P3S_SERVER__DATABASE_URL"] = (
             f"postgresql+asyncpg://postgres@127.0.0.1:5432/{dbname}"
         )
@@ -275,14 +219,14 @@ def main() -> None:
             rate, ok = asyncio.run(throughput(job, args.throughput_jobs, pilot_deployment))
         print(
             f"4 pilots, {args.throughput_jobs} trivial jobs at once: {rate:.2f} jobs/s "
-            f"({ok} completed; bare loop {base_rate:.1f} jobs/s); {sampler.summary()}"
+            f"({ok} completed; bare loop {base_rate:.1f} jobs/s); server {sampler.summary()}"
         )
         rate4 = rate
         with Sampler(server_pid) as sampler:
             ceiling = prefect_ceiling(4, max(10, args.throughput_jobs // 4))
         print(
             f"Prefect's ceiling here: empty flow runs created and run in-process by 4 "
-            f"clients: {ceiling:.2f} runs/s; {sampler.summary()} "
+            f"clients: {ceiling:.2f} runs/s; server {sampler.summary()} "
             f"(4 pilots reach {rate4 / ceiling:.0%} of it)"
         )
 
@@ -313,7 +257,7 @@ def main() -> None:
                 rate, ok = asyncio.run(throughput(job, args.queue_jobs, pilot_deployment))
             print(
                 f"{args.many_pilots} pilots, {args.queue_jobs} queued trivial jobs: "
-                f"{rate:.2f} jobs/s ({ok} completed); {sampler.summary()}"
+                f"{rate:.2f} jobs/s ({ok} completed); server {sampler.summary()}"
             )
             figures.append(
                 {
@@ -329,7 +273,7 @@ def main() -> None:
     finally:
         system.down(settings, lambda line: None)
         if args.postgres:
-            asyncio.run(_pg(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'))
+            asyncio.run(pg(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ fails to import is skipped here; the child reports the error when it needs that 
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import pkgutil
 
@@ -39,3 +40,7 @@ with contextlib.suppress(Exception):
     from p3s.pilots.execute import settle_client_handshakes
 
     settle_client_handshakes()
+# Children fork from here: keep the collector off the objects imported so far, so that a
+# child's first collection does not write to (and so copy) every page that holds them.
+gc.collect()
+gc.freeze()

@@ -1,0 +1,319 @@
+"""Concurrency benchmark: 1000 jobs queued at once and running at the same time on pilots.
+
+p3s ran 1000 concurrent jobs on 300 to 600 pilots. This brings up the production
+configuration of the Prefect server (a fresh PostgreSQL database and Redis messaging, on this
+host) under a temporary home, starts ``--pilots`` local pilots with ``--slots`` flow-run slots
+each, submits ``--jobs`` p3s jobs at once whose payload marks its start, sleeps ``--sleep`` s
+and marks its end, and measures in the same run:
+
+* concurrency: the most payloads between their start and end marks at one moment (from the
+  marks), and the most flow runs Running at once (Prefect's count, sampled);
+* accounting: every job Completed, each payload executed exactly once (one start and one end
+  mark per job), none lost;
+* rates: jobs started per second until the last start, completed per second overall;
+* the Prefect server's CPU (% of one core) and memory, PostgreSQL's, and the machine's memory
+  in use, sampled meanwhile.
+
+The baseline is the same number of bare ``subprocess.Popen`` of the payload started at once,
+with the same sleep: concurrency and start rate without Prefect, pilots or jobs.
+
+Run: ``.venv/bin/python bench/concurrency.py [--jobs 1000] [--pilots 10] [--slots 100]
+[--sleep 600]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from benchlib import Sampler, free_port, pg
+
+PAYLOAD = """#!/bin/sh
+echo "start $(date +%s.%N)" >> "$P3S_BENCH_DIR/$P3S_JOB_UUID"
+sleep "$P3S_BENCH_SLEEP"
+echo "end $(date +%s.%N)" >> "$P3S_BENCH_DIR/$P3S_JOB_UUID"
+"""
+REDIS_DB = 9  # a Redis database of its own, emptied before and after
+
+
+def peak_overlap(intervals: list[tuple[float, float]]) -> int:
+    """The most intervals (start, end) open at one moment."""
+    edges = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
+    open_now = best = 0
+    for _, step in edges:
+        open_now += step
+        best = max(best, open_now)
+    return best
+
+
+def read_marks(marks: Path) -> dict[str, tuple[list[float], list[float]]]:
+    """Each job's start and end marks, by file name (the job's uuid)."""
+    out = {}
+    for path in marks.iterdir():
+        starts, ends = [], []
+        for line in path.read_text().splitlines():
+            word, _, value = line.partition(" ")
+            (starts if word == "start" else ends).append(float(value))
+        out[path.name] = (starts, ends)
+    return out
+
+
+def bare_baseline(script: Path, marks: Path, n: int, sleep_s: float) -> tuple[int, float]:
+    """``n`` bare processes of the payload started at once: peak overlap, starts per second."""
+    env = {**os.environ, "P3S_BENCH_DIR": str(marks), "P3S_BENCH_SLEEP": str(sleep_s)}
+    t0 = time.time()
+    procs = [
+        subprocess.Popen([str(script)], env={**env, "P3S_JOB_UUID": f"base-{i}"}) for i in range(n)
+    ]
+    for proc in procs:
+        proc.wait()
+    found = read_marks(marks)
+    intervals = [(s[0], e[0]) for s, e in found.values() if s and e]
+    last_start = max(s[0] for s, _ in found.values())
+    for path in marks.iterdir():
+        path.unlink()
+    return peak_overlap(intervals), n / max(1e-9, last_start - t0)
+
+
+class RunningCounter:
+    """Samples how many flow runs of a deployment Prefect holds Running, in a thread."""
+
+    def __init__(self, deployment_id, interval_s: float = 5.0) -> None:
+        self.deployment_id = deployment_id
+        self.interval_s = interval_s
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import (
+            DeploymentFilter,
+            DeploymentFilterId,
+            FlowRunFilter,
+            FlowRunFilterState,
+            FlowRunFilterStateType,
+        )
+        from prefect.client.schemas.objects import StateType
+
+        running = FlowRunFilter(
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING]))
+        )
+        ours = DeploymentFilter(id=DeploymentFilterId(any_=[self.deployment_id]))
+        with get_client(sync_client=True) as client:
+            while not self._stop.wait(self.interval_s):
+                try:
+                    n = client.count_flow_runs(flow_run_filter=running, deployment_filter=ours)
+                except Exception:
+                    continue
+                self.samples.append((time.time(), n))
+
+    def __enter__(self) -> RunningCounter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class MemorySampler:
+    """The machine's memory in use (MiB), sampled in a thread."""
+
+    def __init__(self, interval_s: float = 2.0) -> None:
+        import psutil
+
+        self.psutil = psutil
+        self.interval_s = interval_s
+        self.used: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            vm = self.psutil.virtual_memory()
+            self.used.append((vm.total - vm.available) / 2**20)
+
+    def __enter__(self) -> MemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def postmaster_pid() -> int:
+    """The PostgreSQL server's main process (its backends are its children)."""
+    import psutil
+
+    for p in psutil.process_iter(["name", "ppid"]):
+        if (p.info["name"] or "").startswith("postgres"):
+            parent = psutil.Process(p.info["ppid"])
+            if not (parent.name() or "").startswith("postgres"):
+                return p.pid
+    raise RuntimeError("no PostgreSQL server process found")
+
+
+async def submit_and_wait(job, n: int, deployment: str, timeout_s: float) -> list:
+    from p3s.job_client import submit_jobs, wait_for_jobs
+
+    runs = await submit_jobs([job] * n, deployment=deployment)
+    # A slow poll: reading 1000 runs every second would load the server being measured.
+    return await wait_for_jobs([r.id for r in runs], timeout_s, poll_s=15.0)
+
+
+def main() -> None:
+    sys.stdout.reconfigure(line_buffering=True)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--pilots", type=int, default=10)
+    parser.add_argument("--slots", type=int, default=100, help="flow-run slots per pilot")
+    parser.add_argument("--sleep", type=float, default=600.0, help="payload sleep (s)")
+    args = parser.parse_args()
+
+    home = Path(tempfile.mkdtemp(prefix="p3s-bench-concurrency-"))
+    scripts, marks = home / "payloads", home / "marks"
+    scripts.mkdir()
+    marks.mkdir()
+    script = scripts / "sleep_marked.sh"
+    script.write_text(PAYLOAD)
+    script.chmod(0o755)
+    dbname = f"p3s_bench_{os.getpid()}"
+    redis_url = f"redis://127.0.0.1:6379/{REDIS_DB}"
+    env = {
+        "P3S_HOME": str(home),
+        "P3S_SERVER__PORT": str(free_port()),
+        "P3S_UI__PORT": str(free_port()),
+        "P3S_SERVER__DATABASE_URL": f"postgresql+asyncpg://postgres@127.0.0.1:5432/{dbname}",
+        "P3S_SERVER__REDIS_URL": redis_url,
+        "P3S_PAYLOAD_ROOTS": str(scripts),
+        "P3S_POOL__WORKER": "process",
+        "P3S_PILOTS__POOL_NAME": "p3s-pilots",
+        "P3S_PILOTS__CLUSTER": "local",
+        "P3S_PILOTS__IDLE_SECONDS": "3600",
+        "P3S_PILOTS__MIN_PILOTS": str(args.pilots),
+        "P3S_PILOTS__MAX_PILOTS": str(args.pilots),
+        "P3S_PILOTS__SLOTS": str(args.slots),
+        "P3S_PILOTS__MEMORY": "4GiB",
+    }
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+    asyncio.run(pg(f'CREATE DATABASE "{dbname}"'))
+    os.environ.update(env)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from pilots import wait_pilots
+
+    from p3s import system
+    from p3s.jobs import P3SJob
+    from p3s.prefect_env import apply_client_environment
+    from p3s.settings import Settings
+
+    settings = Settings()
+    apply_client_environment(settings)
+    base_peak, base_rate = bare_baseline(script, marks, args.jobs, min(args.sleep, 30.0))
+    print(
+        f"baseline: {args.jobs} bare processes at once: peak {base_peak} concurrent, "
+        f"{base_rate:.0f} starts/s"
+    )
+    job = P3SJob(
+        name="concurrent",
+        timeout=int(args.sleep) + 3600,
+        jobtype="bench",
+        payload=str(script),
+        priority=5,
+        env={"P3S_BENCH_DIR": str(marks), "P3S_BENCH_SLEEP": str(args.sleep)},
+    )
+    pool = settings.pilots.pool_name
+    try:
+        system.up(settings, lambda line: print("  ", line))
+        system.setup_pilot_pool(settings, lambda line: print("  ", line))
+        system.start_pilot_worker(settings, lambda line: print("  ", line), extra_env=env)
+        wait_pilots(settings, pool, args.pilots, timeout_s=600)
+        print(f"{args.pilots} pilots with {args.slots} slots each are up")
+        server_pid = system.server_process(settings).process().pid
+
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            deployment = client.read_deployment_by_name(f"p3s-job/{pool}")
+        t0 = time.time()
+        with (
+            Sampler(server_pid, interval_s=2.0) as server,
+            Sampler(postmaster_pid(), interval_s=2.0) as database,
+            MemorySampler() as memory,
+            RunningCounter(deployment.id) as running,
+        ):
+            done = asyncio.run(
+                submit_and_wait(job, args.jobs, f"p3s-job/{pool}", args.sleep + 7200)
+            )
+        wall = time.time() - t0
+    finally:
+        system.down(settings, lambda line: None)
+        asyncio.run(pg(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'))
+        redis.Redis.from_url(redis_url).flushdb()
+
+    completed = sum(r.state.type.value == "COMPLETED" for r in done)
+    found = read_marks(marks)
+    once = sum(len(s) == 1 and len(e) == 1 for s, e in found.values())
+    twice = sum(len(s) > 1 for s, _ in found.values())
+    intervals = [(s[0], e[-1]) for s, e in found.values() if s and e]
+    peak = peak_overlap(intervals)
+    peak_running = max((n for _, n in running.samples), default=0)
+    last_start = max((s[0] for s, _ in found.values() if s), default=t0)
+    start_rate = len(found) / max(1e-9, last_start - t0)
+    print(
+        f"{args.jobs} jobs on {args.pilots} pilots x {args.slots} slots, sleep {args.sleep:.0f} "
+        f"s: {completed} Completed, {once} payloads executed exactly once, {twice} more than "
+        f"once, {args.jobs - len(found)} never started; peak {peak} payloads at once (Prefect "
+        f"Running max {peak_running}); all started {last_start - t0:.0f} s after submission "
+        f"({start_rate:.2f} starts/s); all finished in {wall:.0f} s ({args.jobs / wall:.2f} "
+        f"jobs/s)"
+    )
+    print(
+        f"Prefect server {server.summary()}; PostgreSQL {database.summary()}; "
+        f"machine memory in use max {max(memory.used, default=0):.0f} MiB "
+        f"(mean {statistics.mean(memory.used) if memory.used else 0:.0f})"
+    )
+    figures = [
+        {
+            "figure": f"peak concurrent payloads of {args.jobs} "
+            f"({args.pilots} pilots x {args.slots} slots)",
+            "value": peak,
+            "baseline": base_peak,
+            "baseline_label": "bare processes at once",
+        },
+        {
+            "figure": f"{args.jobs} jobs: executed exactly once",
+            "value": once,
+            "baseline": args.jobs,
+            "baseline_label": "jobs submitted",
+        },
+        {
+            "figure": f"{args.jobs} queued jobs: starts per second",
+            "value": start_rate,
+            "baseline": base_rate,
+            "baseline_label": "bare processes at once",
+        },
+        {
+            "figure": f"Prefect server RSS max (MiB), {args.jobs} jobs",
+            "value": max(server.rss, default=0),
+            "baseline": server.rss[0] if server.rss else 0,
+            "baseline_label": "at submission",
+        },
+    ]
+    print("BENCH " + json.dumps({"bench": "concurrency", "figures": figures}))
+
+
+if __name__ == "__main__":
+    main()
