@@ -97,6 +97,14 @@ BENCHES = (
         "warm pilots against the process worker; queued jobs per second",
     ),
     Bench(
+        "concurrency",
+        ("--jobs", "400", "--pilots", "4", "--slots", "100", "--sleep", "200"),
+        ("--jobs", "100", "--pilots", "2", "--slots", "50", "--sleep", "60"),
+        1800,
+        "jobs queued at once, running side by side on pilots with many slots (production "
+        "configuration)",
+    ),
+    Bench(
         "inbox_load",
         ("--rate", "0.1", "--minutes", "10", "--drain-minutes", "8"),
         ("--rate", "0.1", "--minutes", "2", "--drain-minutes", "3"),
