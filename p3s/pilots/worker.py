@@ -93,6 +93,8 @@ class InFlight:
 
 #: Times a run whose child ended before the run started is put back before it is Crashed.
 NOT_STARTED_RETRIES = 2
+#: Most scheduled runs one request may ask for (Prefect's API refuses a larger limit).
+MAX_FETCH = 200
 
 
 def _task_key(run_id: UUID) -> str:
@@ -331,7 +333,9 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
         free = self._free_slots()
         if free <= 0:
             return []
-        limit = free + self._skipped
+        # The server refuses a page of more than 200 runs (422): a pool with more free slots
+        # takes 200 now and the rest at once after (``_maybe_waiting``).
+        limit = min(free + self._skipped, MAX_FETCH)
         runs = await self._fetch(limit)
         self._maybe_waiting = len(runs) >= limit
         self._skipped = 0
