@@ -88,3 +88,27 @@ def test_below_target_is_reported_once_per_episode() -> None:
     assert watch.update(301, connected=3, required=3) is None  # the episode ends
     assert watch.update(302, connected=0, required=1) is None  # a new one
     assert watch.update(363, connected=0, required=1) == 61
+
+
+def test_a_pool_with_more_free_slots_than_a_page_asks_for_one_page() -> None:
+    """Prefect's API refuses a limit above 200 (422): a pool of 4 x 100 free slots asked for
+    400 on every poll and dispatched nothing."""
+    import asyncio
+
+    from p3s.pilots.worker import MAX_FETCH, PilotWorker
+
+    asked: list[int] = []
+
+    async def fetch(limit: int) -> list:
+        asked.append(limit)
+        return []
+
+    async def no_limits() -> None:
+        return None
+
+    worker = PilotWorker(work_pool_name="p3s-pilots")
+    worker._free_slots = lambda: 400  # type: ignore[method-assign]
+    worker._fetch = fetch  # type: ignore[method-assign]
+    worker._refresh_limits = no_limits  # type: ignore[method-assign]
+    asyncio.run(worker._fetch_and_submit())
+    assert asked == [MAX_FETCH] and MAX_FETCH <= 200
