@@ -32,6 +32,19 @@ def server_environment(settings: Settings) -> dict[str, str]:
         "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
         **retention_environment(settings),
         **redis_environment(settings.prefect_redis_url),
+        **pool_environment(settings),
+    }
+
+
+def pool_environment(settings: Settings) -> dict[str, str]:
+    """The server's connection pool to PostgreSQL (SQLite has no pool to size)."""
+    if not settings.prefect_database_url.startswith("postgresql"):
+        return {}
+    return {
+        "PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE": str(settings.server.database_pool_size),
+        "PREFECT_SERVER_DATABASE_SQLALCHEMY_MAX_OVERFLOW": str(
+            settings.server.database_max_overflow
+        ),
     }
 
 

@@ -9,7 +9,12 @@ creation or state change takes seconds to minutes whenever two writes meet (Pref
 #18934; measured here: creations of 2 to 121 s beside a busy pilot pool). ``BEGIN IMMEDIATE``
 takes the write lock first, so a second writer waits (milliseconds) for the first.
 
-On PostgreSQL nothing changes. Everything else is Prefect's own CLI.
+A request that found no free database connection within the pool's timeout (the server
+overloaded: 400 flow runs starting at once on two cores, measured) is answered 503, which
+Prefect's clients retry with backoff, instead of 500, which they do not
+(:func:`pool_timeouts_retryable`; Prefect issue #6492 reports the 500s).
+
+Everything else is Prefect's own CLI.
 
 A new SQLite database starts as a copy of a migrated template (:func:`seed_sqlite`), made once
 per Prefect version: Prefect's ~200 migrations take 15 to 45 s on two cores, at every start of
@@ -53,6 +58,22 @@ def sqlite_immediate_transactions() -> None:
     config._p3s_immediate = True  # type: ignore[attr-defined]
 
 
+def pool_timeouts_retryable() -> None:
+    """Answer 503 (retry) rather than 500 when the database pool has no free connection."""
+    import sqlalchemy.exc
+    from prefect.server.api import server
+
+    original = server.is_client_retryable_exception
+    if getattr(original, "_p3s_pool_timeouts", False):
+        return
+
+    def is_client_retryable_exception(exc: Exception) -> bool:
+        return isinstance(exc, sqlalchemy.exc.TimeoutError) or original(exc)
+
+    is_client_retryable_exception._p3s_pool_timeouts = True  # type: ignore[attr-defined]
+    server.is_client_retryable_exception = is_client_retryable_exception
+
+
 def template_cache() -> Path:
     """Where migrated SQLite templates are kept (``$XDG_CACHE_HOME/p3s``)."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -94,6 +115,7 @@ def seed_sqlite(database_url: str, env: dict[str, str]) -> bool:
 def main(argv: list[str] | None = None) -> int:
     """Run Prefect's CLI (``server ...``) in this process with the SQLite fix applied."""
     sqlite_immediate_transactions()
+    pool_timeouts_retryable()
     from prefect.cli import app
 
     sys.argv = ["prefect", "server", *(sys.argv[1:] if argv is None else argv)]

@@ -60,7 +60,7 @@ from prefect.workers.base import (
 )
 
 from p3s.blocks.pilot_pool import PilotPool
-from p3s.pilots import execute, limits, scaling
+from p3s.pilots import api_retry, execute, limits, scaling
 from p3s.pilots.status import PilotCounts, publish
 from p3s.settings import Settings, get_settings
 
@@ -546,7 +546,13 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
                 self._wake_for("a freed pilot slot")
             if self._cancelling_observer is not None:
                 self._cancelling_observer.remove_in_flight_flow_run_id(entry.run_id)
-        return await self._settle(entry, result)
+        # This runs as a task of the worker's task group: an error escaping it would end the
+        # whole worker, its pilots and every payload on them.
+        try:
+            return await self._settle(entry, result)
+        except Exception:
+            self._logger.exception("could not settle flow run %s", entry.run_id)
+            return 1
 
     async def _settle(self, entry: InFlight, result: dict[str, Any]) -> int:
         code = result.get("exit_code")
@@ -559,7 +565,7 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
         tries = self._not_started.pop(entry.run_id, 0)
         if code == 0:
             return 0
-        run = await self.client.read_flow_run(entry.run_id)
+        run = await self._read_run(entry.run_id)
         state = run.state
         if state is None or state.is_final():
             return 0 if code == execute.NOT_CLAIMED else code or 1
@@ -590,13 +596,30 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
         )
         return code or 1
 
+    async def _patiently(self, call: Any, what: str) -> Any:
+        """``await call()`` through a busy or restarting server (see :mod:`.api_retry`)."""
+        return await api_retry.patiently(
+            call,
+            what=what,
+            patience_s=self.settings.pilots.api_patience_seconds,
+            logger=self._logger,
+        )
+
+    async def _read_run(self, run_id: UUID) -> FlowRun:
+        return await self._patiently(
+            lambda: self.client.read_flow_run(run_id), f"reading flow run {run_id}"
+        )
+
     async def _set_state(self, run_id: UUID, state: Any) -> None:
         try:
-            await self.client.set_flow_run_state(run_id, state, force=True)
+            await self._patiently(
+                lambda: self.client.set_flow_run_state(run_id, state, force=True),
+                f"setting {state.name} on flow run {run_id}",
+            )
         except ObjectNotFound:
             pass
         except Exception as exc:
-            self._logger.warning("could not set %s on flow run %s: %s", state.name, run_id, exc)
+            self._logger.error("could not set %s on flow run %s: %s", state.name, run_id, exc)
 
     async def _reschedule(self, run_id: UUID, why: str, grace_s: float | None = None) -> None:
         """Put a run whose execution was lost back to Scheduled (unless it has finished).
@@ -605,20 +628,23 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
         pool's ``lost_grace_s``): a pilot removed by its scheduler may still be closing (a
         local one is killed by its nanny within seconds; a batch one ends itself at its
         ``death_timeout``), and its execution with it. Until then it stays Running, and if it
-        finishes there that is its result.
+        finishes there that is its result. Errors are logged, never raised: its callers run
+        as tasks of the worker's task group.
         """
         try:
-            run = await self.client.read_flow_run(run_id)
+            await self._reschedule_now(run_id, why, grace_s)
         except ObjectNotFound:
             return
+        except Exception as exc:
+            self._logger.error("could not put flow run %s back (%s): %s", run_id, why, exc)
+
+    async def _reschedule_now(self, run_id: UUID, why: str, grace_s: float | None) -> None:
+        run = await self._read_run(run_id)
         if run.state is not None and run.state.type == StateType.RUNNING:
             running = run.state.id
             assert self.pilot_pool is not None
             await anyio.sleep(self.pilot_pool.lost_grace_s if grace_s is None else grace_s)
-            try:
-                run = await self.client.read_flow_run(run_id)
-            except ObjectNotFound:
-                return
+            run = await self._read_run(run_id)
             if run.state is None or run.state.id != running:
                 return  # it moved on (finished, cancelled, or run again) in the meantime
         if run.state is not None and run.state.is_final():
@@ -668,7 +694,14 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
             await self._cancel_run(run.id)
 
     async def _cancel_run(self, flow_run_id: UUID) -> None:
-        """Stop a cancelled run's payload on whichever pilot runs it."""
+        """Stop a cancelled run's payload on whichever pilot runs it (a task of the worker's
+        task group, started by Prefect's cancellation observer: errors are logged)."""
+        try:
+            await self._cancel_run_now(flow_run_id)
+        except Exception:
+            self._logger.exception("could not cancel flow run %s", flow_run_id)
+
+    async def _cancel_run_now(self, flow_run_id: UUID) -> None:
         entry = self._in_flight.get(flow_run_id)
         if entry is None:
             await super()._cancel_run(flow_run_id)

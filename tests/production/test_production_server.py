@@ -166,6 +166,19 @@ def test_up_creates_the_database_and_points_the_server_at_postgres_and_redis(
     # The server's consumers (event persister, triggers, ...) read the Redis stream as groups.
     groups = {g["name"].decode() for g in production.redis.xinfo_groups("events")}
     assert groups, "no consumer group reads the events stream"
+    # Its connection pool to PostgreSQL is the one p3s sizes, not Prefect's 5 + 10.
+    from p3s import system
+
+    proc = system.server_process(production.settings).process()
+    assert proc is not None, "the server is not running"
+    server_env = proc.environ()
+    server = production.settings.server
+    assert server_env["PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE"] == str(
+        server.database_pool_size
+    )
+    assert server_env["PREFECT_SERVER_DATABASE_SQLALCHEMY_MAX_OVERFLOW"] == str(
+        server.database_max_overflow
+    )
 
 
 def test_jobs_run_and_their_state_events_pass_through_redis(

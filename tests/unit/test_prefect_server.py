@@ -22,3 +22,31 @@ def test_a_new_sqlite_database_is_a_migrated_copy_and_an_old_one_is_left(tmp_pat
     assert not seed_sqlite(SQLITE_PREFIX + str(target), env)
     assert target.read_bytes() == b"an existing database"
     assert not seed_sqlite("postgresql+asyncpg://postgres@127.0.0.1:5432/x", env)
+
+
+def test_a_request_that_finds_no_free_database_connection_is_answered_503() -> None:
+    """Prefect's clients retry a 503 with backoff; the 500 Prefect gives a pool timeout they
+    do not retry (flow runs and the pilot worker then failed under load)."""
+    import asyncio
+
+    import sqlalchemy.exc
+    from prefect.server.api import server
+    from starlette.requests import Request
+
+    from p3s.prefect_server import pool_timeouts_retryable
+
+    request = Request({"type": "http", "method": "GET", "path": "/api/flow_runs/x", "headers": []})
+    timeout = sqlalchemy.exc.TimeoutError("QueuePool limit of size 5 overflow 10 reached")
+
+    def status(exc: Exception) -> int:
+        return asyncio.run(server.custom_internal_exception_handler(request, exc)).status_code
+
+    assert status(timeout) == 500  # Prefect's own answer
+    original = server.is_client_retryable_exception
+    try:
+        pool_timeouts_retryable()
+        pool_timeouts_retryable()  # once is enough; again changes nothing
+        assert status(timeout) == 503
+        assert status(RuntimeError("a bug")) == 500  # other errors stay what they were
+    finally:
+        server.is_client_retryable_exception = original
