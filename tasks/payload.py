@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO
 
 from p3s.payload_policy import Command
+from p3s.pidwait import wait_for_exit
 
 #: p3s's error code for a payload killed at its time limit.
 TIMELIMIT_ERRCODE = 77
@@ -129,7 +130,10 @@ def execute_payload(
             pump.start()
         timed_out = False
         try:
-            proc.wait(timeout=timeout_s or None)
+            # Popen.wait(timeout) wakes every 50 ms until the payload ends: block instead.
+            if not wait_for_exit(proc.pid, timeout_s or None):
+                raise subprocess.TimeoutExpired(proc.args, timeout_s or 0)
+            proc.wait()
         except subprocess.TimeoutExpired:
             timed_out = True
             logger.error("time limit of %s s reached: stopping the payload", timeout_s)

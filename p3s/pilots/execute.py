@@ -44,6 +44,7 @@ from uuid import UUID
 
 import psutil
 
+from p3s.pidwait import wait_for_exit
 from p3s.settings import PROJECT_DIR
 
 #: Exit code of a child that found its run no longer Pending (someone else has it).
@@ -139,15 +140,12 @@ def _kill_own_payloads() -> None:
                 proc.kill()
 
 
-def _watch_pilot(pilot_pid: int, interval_s: float = 0.25) -> None:
+def _watch_pilot(pilot_pid: int) -> None:
     """Thread of a flow-run child: when its pilot (Dask worker) dies, end the payload and the
-    child at once. (The fork server also exits then, but only after seconds of shutdown.)"""
-    try:
-        pilot = psutil.Process(pilot_pid)
-        while pilot.is_running() and pilot.status() != psutil.STATUS_ZOMBIE:
-            time.sleep(interval_s)
-    except psutil.Error:
-        pass
+    child at once. (The fork server also exits then, but only after seconds of shutdown.)
+    It sleeps until then (a pidfd): a loop of short sleeps, in each of hundreds of waiting
+    children, took a good part of the host's CPU."""
+    wait_for_exit(pilot_pid)
     _end_as_lost()
 
 
@@ -173,31 +171,57 @@ def _outlive_pilot() -> None:
 
 
 @contextlib.contextmanager
-def _suspension_observed_in_background(*args: Any, **kwargs: Any) -> Iterator[None]:
-    """Prefect's suspension observer of a deployment's flow run, without the wait.
+def _suspension_observed_in_background(
+    flow_run_id: UUID, suspension_request: Any, polling_interval: float = 10
+) -> Iterator[None]:
+    """Prefect's suspension observer of a deployment's flow run, without its waits.
 
     Prefect's engine blocks the start of every deployment run until the observer's events
     websocket is connected (0.3 s on an idle host, over 1 s on a busy one: the largest part of
-    a warm pilot's dispatch). p3s flows never suspend themselves; the observer still runs, in
-    its own thread, and only its readiness is no longer waited for.
+    a warm pilot's dispatch), and its thread then wakes every 0.2 s to see whether the run
+    ended. p3s flows never suspend themselves; the observer (Prefect's own class, as
+    ``prefect._flow_run_suspension.observe_flow_run_suspension`` runs it) still watches the
+    run from its own thread, but nothing waits for it to be ready, and its loop sleeps until
+    the run ends.
     """
+    import asyncio
     import contextvars
 
-    from prefect import flow_engine
+    from prefect._flow_run_suspension import mark_flow_run_suspension_requested
+    from prefect._internal.observers import FlowRunSuspendingObserver
 
-    original = flow_engine._p3s_observe_flow_run_suspension  # type: ignore[attr-defined]
-    stop = threading.Event()
+    def mark_suspended(run_id: UUID, state: Any) -> None:
+        if not mark_flow_run_suspension_requested(run_id, state):
+            suspension_request.mark_requested(state)
 
-    def observe() -> None:
-        with contextlib.suppress(Exception), original(*args, **kwargs):
-            stop.wait()
+    stopped = threading.Event()
+    running: dict[str, Any] = {}
 
-    thread = threading.Thread(target=contextvars.copy_context().run, args=(observe,), daemon=True)
+    async def observe() -> None:
+        wake = asyncio.Event()
+        running["stop"] = (asyncio.get_running_loop(), wake)
+        if stopped.is_set():
+            return
+        async with FlowRunSuspendingObserver(
+            on_suspended=mark_suspended, polling_interval=polling_interval
+        ) as observer:
+            await observer.watch_flow_run_id(flow_run_id)
+            await wake.wait()
+
+    def run() -> None:
+        with contextlib.suppress(Exception):
+            asyncio.run(observe())
+
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(run,), daemon=True)
     thread.start()
     try:
         yield
     finally:
-        stop.set()
+        stopped.set()
+        if "stop" in running:
+            loop, wake = running["stop"]
+            with contextlib.suppress(RuntimeError):  # its loop has ended already
+                loop.call_soon_threadsafe(wake.set)
 
 
 def _heartbeats_not_joined(engine: Any, join_on_exit: bool = True) -> Any:
@@ -221,9 +245,7 @@ def skip_engine_waits() -> None:
     from prefect import flow_engine
 
     flow_engine.capture_sigterm = contextlib.nullcontext  # type: ignore[assignment]
-    if not hasattr(flow_engine, "_p3s_observe_flow_run_suspension"):
-        flow_engine._p3s_observe_flow_run_suspension = flow_engine.observe_flow_run_suspension  # type: ignore[attr-defined]
-        flow_engine.observe_flow_run_suspension = _suspension_observed_in_background  # type: ignore[assignment]
+    flow_engine.observe_flow_run_suspension = _suspension_observed_in_background  # type: ignore[assignment]
     if not hasattr(flow_engine, "_p3s_send_heartbeats"):
         flow_engine._p3s_send_heartbeats = flow_engine._send_heartbeats  # type: ignore[attr-defined]
         flow_engine._send_heartbeats = _heartbeats_not_joined  # type: ignore[assignment]
