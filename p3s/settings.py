@@ -226,14 +226,6 @@ class PilotSettings(BaseModel):
         "dispatched as their Scheduled events arrive, and when a slot frees.",
     )
     scale_seconds: float = Field(2.0, description="How often the pool size is reconsidered (s).")
-    local_nice: int = Field(
-        10,
-        ge=0,
-        le=19,
-        description="Niceness of a local pool's flow runs and payloads: on the host they "
-        "share with the Prefect server and its database, those come first (hundreds of "
-        "starting runs otherwise starve the server). Batch pilots keep their own.",
-    )
     api_patience_seconds: float = Field(
         600.0,
         gt=0,

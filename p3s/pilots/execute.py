@@ -81,17 +81,10 @@ def fork_context() -> BaseContext:
         return _context
 
 
-def warm_up(nice: int = 0) -> None:
-    """Start the fork server now, so the first flow run does not pay its start (seconds).
-
-    With ``nice``, this thread (on Linux a thread has its own niceness) and so the fork
-    server it starts, and every flow-run child and payload forked from that, run that much
-    nicer."""
+def warm_up() -> None:
+    """Start the fork server now, so the first flow run does not pay its start (seconds)."""
     from multiprocessing import forkserver
 
-    if nice:
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
     fork_context()
     forkserver.ensure_running()
 

@@ -175,9 +175,7 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
 
         self._cluster = await start_cluster(self.pilot_pool)
         self._dask = await Client(self._cluster, asynchronous=True)
-        local = self.pilot_pool.cluster == "local"
-        nice = self.settings.pilots.local_nice if local else 0
-        await self._dask.register_plugin(WarmUp(nice=nice), name="p3s-warm-up")
+        await self._dask.register_plugin(WarmUp(), name="p3s-warm-up")
         if self.pilot_pool.min_pilots:
             self._cluster.scale(self.pilot_pool.min_pilots)
         self._logger.info(
@@ -875,18 +873,11 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
 
 
 class WarmUp(WorkerPlugin):
-    """Dask worker plugin: start the pilot's fork server as soon as the pilot joins, at
-    niceness ``nice`` (its flow-run children and their payloads inherit it; the Dask worker
-    keeps its own)."""
+    """Dask worker plugin: start the pilot's fork server as soon as the pilot joins."""
 
     name = "p3s-warm-up"
-
-    def __init__(self, nice: int = 0) -> None:
-        self.nice = nice
 
     def setup(self, worker: Any) -> None:
         import threading
 
-        threading.Thread(
-            target=execute.warm_up, args=(self.nice,), name="p3s-warm-up", daemon=True
-        ).start()
+        threading.Thread(target=execute.warm_up, name="p3s-warm-up", daemon=True).start()

@@ -61,8 +61,6 @@ def test_runs_execute_in_turn_on_a_warm_pilot(local_pilots: Pilots, tmp_path: Pa
     # Every payload ran on a pilot (a Dask worker), and pilots were reused: 4 runs, <= 2 pilots.
     pilots = {r[3] for r in starts}
     assert "none" not in pilots and len(pilots) <= 2
-    # Local payloads run nicer than the server and database they share the host with.
-    assert {r[6] for r in starts} == {str(local_pilots.settings.pilots.local_nice)}
     counts = local_pilots.counts()
     assert counts["pool"] == local_pilots.pool and counts["total"] >= 1
     assert counts["total"] == counts["starting"] + counts["idle"] + counts["running"]
