@@ -597,11 +597,13 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
         return code or 1
 
     async def _patiently(self, call: Any, what: str) -> Any:
-        """``await call()`` through a busy or restarting server (see :mod:`.api_retry`)."""
+        """``await call()`` through a busy or restarting server (see :mod:`.api_retry`); once
+        the worker is stopping, one try (``p3s down`` must not wait on a server gone first)."""
+        stopping = self._scope is not None and self._scope.cancel_called
         return await api_retry.patiently(
             call,
             what=what,
-            patience_s=self.settings.pilots.api_patience_seconds,
+            patience_s=0.0 if stopping else self.settings.pilots.api_patience_seconds,
             logger=self._logger,
         )
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import anyio
 import httpx
 import pytest
 from prefect import flow
@@ -98,13 +99,18 @@ def test_transient_errors_are_tried_again_and_others_raised_at_once() -> None:
     )
 
 
-async def _settle_through_errors(api_url: str, fail: int, patience_s: float) -> tuple:
+async def _settle_through_errors(
+    api_url: str, fail: int, patience_s: float, stopping: bool = False
+) -> tuple:
     transport = FailingNext()
     async with PrefectClient(api_url, httpx_settings={"transport": transport}) as client:
         run = await client.create_flow_run(noop, state=Running(message="on a pilot"))
         worker = PilotWorker(work_pool_name="p3s-test-busy-server")
         worker._client = client
         worker.settings.pilots.api_patience_seconds = patience_s
+        if stopping:  # as teardown leaves it
+            worker._scope = anyio.CancelScope()
+            worker._scope.cancel()
         # The run's child died on its pilot without a final state (exit code 1).
         ended = EndedTask({"exit_code": 1, "pilot": "0"}, key=f"p3s-run-{run.id}-0")
         entry = InFlight(run.id, run.name, None, ended)
@@ -129,3 +135,13 @@ def test_a_run_that_cannot_be_settled_does_not_stop_the_worker(stack: Stack) -> 
     code, state, failed = asyncio.run(_settle_through_errors(stack.api_url, 10**6, patience_s=2))
     assert failed and code == 1
     assert state.type == StateType.RUNNING  # left as it was, with an error in the log
+
+
+def test_a_stopping_worker_tries_once(stack: Stack) -> None:
+    """``p3s down`` stops the workers before the server, but a server that is gone already
+    must not hold a stopping worker for its patience: one try per call, then the log."""
+    code, state, failed = asyncio.run(
+        _settle_through_errors(stack.api_url, 10**6, patience_s=600, stopping=True)
+    )
+    assert len(failed) == 1 and code == 1
+    assert state.type == StateType.RUNNING
