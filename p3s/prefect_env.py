@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from p3s.backends import is_postgres
 from p3s.settings import PROJECT_DIR, Settings
 
 
@@ -38,7 +39,7 @@ def server_environment(settings: Settings) -> dict[str, str]:
 
 def pool_environment(settings: Settings) -> dict[str, str]:
     """The server's connection pool to PostgreSQL (SQLite has no pool to size)."""
-    if not settings.prefect_database_url.startswith("postgresql"):
+    if not is_postgres(settings.prefect_database_url):
         return {}
     return {
         "PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE": str(settings.server.database_pool_size),
