@@ -1,8 +1,12 @@
 """Background processes that ``p3s up`` starts and ``p3s down`` stops: exactly those, no others.
 
-Each managed process has a record ``RUN_DIR/NAME.json`` with its pid and creation time; a pid
+Each managed process has a record ``RUN_DIR/NAME.json`` with its pid and start time; a pid
 that the kernel has since given to another process never matches, so ``stop`` cannot kill a
 stranger. Output goes to ``RUN_DIR/NAME.log``.
+
+The start time compared is the kernel's, in clock ticks since boot (``/proc/PID/stat``), not
+psutil's ``create_time``: that one adds the boot time as the wall clock sees it, which moves when
+the clock is stepped (a VM resumed, NTP), and a live server then looked like a stale record.
 """
 
 from __future__ import annotations
@@ -17,6 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+
+
+def start_ticks(pid: int) -> int:
+    """When process ``pid`` started, in clock ticks since boot (field 22 of ``/proc/PID/stat``).
+
+    Unlike a wall-clock time, it cannot change while the process lives.
+    """
+    with open(f"/proc/{pid}/stat", "rb") as stat:
+        # The command name (field 2) may hold spaces and parentheses: count after its last ')'.
+        fields = stat.read().rpartition(b")")[2].split()
+    return int(fields[19])
 
 
 @dataclass(frozen=True)
@@ -41,7 +56,10 @@ class ManagedProcess:
         try:
             info = json.loads(self.record.read_text())
             proc = psutil.Process(info["pid"])
-            same = abs(proc.create_time() - info["create_time"]) < 0.01
+            if "start_ticks" in info:
+                same = start_ticks(proc.pid) == info["start_ticks"]
+            else:  # a record written by an older p3s
+                same = abs(proc.create_time() - info["create_time"]) < 0.01
             if same and proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
                 return proc
         except (OSError, ValueError, KeyError, psutil.Error):
@@ -68,7 +86,12 @@ class ManagedProcess:
                 start_new_session=True,  # a Ctrl-C in the starting terminal must not reach it
             )
         proc = psutil.Process(popen.pid)
-        record = {"pid": proc.pid, "create_time": proc.create_time(), "argv": list(argv)}
+        record = {
+            "pid": proc.pid,
+            "start_ticks": start_ticks(proc.pid),
+            "create_time": proc.create_time(),  # for people reading the record
+            "argv": list(argv),
+        }
         tmp = self.record.with_suffix(".tmp")
         tmp.write_text(json.dumps(record))
         os.replace(tmp, self.record)

@@ -157,7 +157,9 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
         self._below_target = scaling.BelowTarget(self.settings.pilots.below_target_seconds)
         # Event-driven dispatch: set to fetch runs now rather than at the next fallback poll.
         self._wake = asyncio.Event()
-        self._wake_reason = ""
+        # Every reason given since the last fetch, in order: a freed slot that wakes the
+        # dispatch just after an event must not hide the event from the log.
+        self._wake_reasons: list[str] = []
         # Runs may be waiting: the last fetch filled every free slot, or one was scheduled
         # since. A freed slot then fetches at once.
         self._maybe_waiting = True
@@ -253,6 +255,7 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
             while True:
                 await self._wake.wait()
                 self._wake.clear()
+                reasons, self._wake_reasons = self._wake_reasons, []
                 try:
                     runs = await self.get_and_submit_flow_runs()
                 except Exception as exc:
@@ -261,13 +264,14 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
                 if runs:
                     self._logger.info(
                         "dispatched on %s: %s",
-                        self._wake_reason,
+                        " and ".join(reasons),
                         ", ".join(str(r.id) for r in runs),
                     )
 
     def _wake_for(self, reason: str) -> None:
         """Fetch runs now (see :meth:`_dispatch_on_wake`); ``reason`` goes to its log line."""
-        self._wake_reason = reason
+        if reason not in self._wake_reasons:
+            self._wake_reasons.append(reason)
         self._wake.set()
 
     def _scheduled_filter(self) -> Any:

@@ -74,9 +74,9 @@ def test_a_scheduled_run_is_dispatched_on_its_event(local_pilots: Pilots, tmp_pa
     (done,) = run(wait_for_runs([submitted.id], 180))
     assert done.state.type.value == "COMPLETED", done.state
     dispatched = [ln for ln in local_pilots.log().splitlines() if str(submitted.id) in ln]
-    assert any("dispatched on event prefect.flow-run.Scheduled" in ln for ln in dispatched), (
-        dispatched
-    )
+    # Other wakes (a slot freed, a pilot joined) may share the fetch; the event is among them.
+    on_event = [ln for ln in dispatched if "dispatched on" in ln]
+    assert any("event prefect.flow-run.Scheduled" in ln for ln in on_event), dispatched
 
 
 def test_higher_priority_runs_first(local_pilots: Pilots, tmp_path: Path) -> None:
