@@ -70,6 +70,9 @@ def test_a_scheduled_run_is_dispatched_on_its_event(local_pilots: Pilots, tmp_pa
     # The fallback poll is 30 s here: the worker fetched this run because the server's
     # prefect.flow-run.Scheduled event told it, and its log says so.
     wait_for(lambda: local_pilots.counts().get("idle", 0) >= 1, 120, "an idle pilot")
+    # A pilot that has just joined makes the worker look for runs once more at its next
+    # scaling pass (1 s here): let that pass, so that nothing but the event can fetch the run.
+    time.sleep(5)
     (submitted,) = run(submit(local_pilots, [job("on-event", tmp_path / "exec.log")]))
     (done,) = run(wait_for_runs([submitted.id], 180))
     assert done.state.type.value == "COMPLETED", done.state
@@ -122,6 +125,25 @@ def test_jobtype_limit_keeps_runs_of_a_type_apart(local_pilots: Pilots, tmp_path
     ordered = sorted(spans.values(), key=lambda s: s["start"])
     for before, after in zip(ordered, ordered[1:], strict=False):
         assert after["start"] >= before["end"], spans
+
+
+def test_a_waiting_run_is_marked_for_same_page_merging(
+    local_pilots: Pilots, tmp_path: Path
+) -> None:
+    # The pages a flow-run child copied from its fork server are mostly identical to theirs:
+    # the child and the fork server are marked so that a host running KSM merges them.
+    from p3s.pilots.memory_merge import is_marked
+
+    log = tmp_path / "exec.log"
+    (flow_run,) = run(submit(local_pilots, [job("merge-me", log, sleep=3)]))
+    start = wait_for(lambda: records(log), 120, "the payload started")[0]
+    child = psutil.Process(int(start[5])).parent()
+    fork_server = child.parent()
+    assert "forkserver" in " ".join(fork_server.cmdline())
+    assert is_marked(child.pid) and is_marked(fork_server.pid)
+    assert not is_marked(fork_server.parent().pid)  # the pilot itself is left as it is
+    (done,) = run(wait_for_runs([flow_run.id], 120))
+    assert done.state.type.value == "COMPLETED", done.state
 
 
 def test_cancelling_stops_the_payload_on_its_pilot(local_pilots: Pilots, tmp_path: Path) -> None:
