@@ -17,8 +17,15 @@ and marks its end, and measures in the same run:
 The baseline is the same number of bare ``subprocess.Popen`` of the payload started at once,
 with the same sleep: concurrency and start rate without Prefect, pilots or jobs.
 
+Memory is what bounds the runs waiting at once on one host (each flow-run child copies about
+30 MiB of its fork server's pages). With ``--ksm`` the host's same-page merging runs for the
+benchmark (``/sys/kernel/mm/ksm``, root; restored after), folding those copies back
+(:mod:`p3s.pilots.memory_merge`); its thread's CPU is reported beside the server's. Whatever
+the options, the run stops (``p3s down``) if the machine's available memory falls under
+``--min-free-mib``, so that it never drives the host into the out-of-memory killer.
+
 Run: ``.venv/bin/python bench/concurrency.py [--jobs 1000] [--pilots 10] [--slots 100]
-[--sleep 600]``
+[--sleep 600] [--ksm]``
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -67,13 +75,23 @@ def read_marks(marks: Path) -> dict[str, tuple[list[float], list[float]]]:
     return out
 
 
-def bare_baseline(script: Path, marks: Path, n: int, sleep_s: float) -> tuple[int, float]:
-    """``n`` bare processes of the payload started at once: peak overlap, starts per second."""
+def bare_baseline(script: Path, marks: Path, n: int, sleep_s: float) -> tuple[int, float, float]:
+    """``n`` bare processes of the payload started at once: peak overlap, starts per second,
+    and the machine's memory per waiting process (MiB)."""
+    import psutil
+
+    def used_mib() -> float:
+        vm = psutil.virtual_memory()
+        return (vm.total - vm.available) / 2**20
+
     env = {**os.environ, "P3S_BENCH_DIR": str(marks), "P3S_BENCH_SLEEP": str(sleep_s)}
+    before = used_mib()
     t0 = time.time()
     procs = [
         subprocess.Popen([str(script)], env={**env, "P3S_JOB_UUID": f"base-{i}"}) for i in range(n)
     ]
+    time.sleep(min(2.0, sleep_s / 2))
+    per_process = (used_mib() - before) / n
     for proc in procs:
         proc.wait()
     found = read_marks(marks)
@@ -81,7 +99,7 @@ def bare_baseline(script: Path, marks: Path, n: int, sleep_s: float) -> tuple[in
     last_start = max(s[0] for s, _ in found.values())
     for path in marks.iterdir():
         path.unlink()
-    return peak_overlap(intervals), n / max(1e-9, last_start - t0)
+    return peak_overlap(intervals), n / max(1e-9, last_start - t0), per_process
 
 
 class RunningCounter:
@@ -127,14 +145,18 @@ class RunningCounter:
 
 
 class MemorySampler:
-    """The machine's memory in use (MiB), sampled in a thread."""
+    """The machine's memory in use (MiB), sampled in a thread; below ``min_free_mib`` of
+    available memory it interrupts the benchmark (SIGINT to this process: ``p3s down``)."""
 
-    def __init__(self, interval_s: float = 2.0) -> None:
+    def __init__(self, interval_s: float = 2.0, min_free_mib: float = 0.0) -> None:
         import psutil
 
         self.psutil = psutil
         self.interval_s = interval_s
+        self.min_free_mib = min_free_mib
         self.used: list[float] = []
+        self.times: list[float] = []
+        self.aborted = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -142,6 +164,11 @@ class MemorySampler:
         while not self._stop.wait(self.interval_s):
             vm = self.psutil.virtual_memory()
             self.used.append((vm.total - vm.available) / 2**20)
+            self.times.append(time.time())
+            if vm.available / 2**20 < self.min_free_mib and not self.aborted:
+                self.aborted = True
+                print(f"available memory {vm.available / 2**20:.0f} MiB: stopping the run")
+                os.kill(os.getpid(), signal.SIGINT)
 
     def __enter__(self) -> MemorySampler:
         self._thread.start()
@@ -150,6 +177,53 @@ class MemorySampler:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+
+
+#: The host's same-page merging for a ``--ksm`` run: the kernel's advisor sizes each pass
+#: to scan every mergeable page within the target time, on at most that share of a core.
+KSM_SETTINGS = {
+    "advisor_mode": "scan-time",
+    "advisor_target_scan_time": "30",
+    "advisor_max_cpu": "40",
+    "run": "1",
+}
+
+
+class HostMerging:
+    """Turn on the host's same-page merging for a block; restore its settings after."""
+
+    def __init__(self, enabled: bool) -> None:
+        from p3s.pilots.memory_merge import KSM
+
+        self.root = KSM
+        self.enabled = enabled
+        self.saved: dict[str, str] = {}
+
+    def __enter__(self) -> HostMerging:
+        if self.enabled:
+            for name, value in KSM_SETTINGS.items():
+                path = self.root / name
+                text = path.read_text().strip()  # a choice reads "[none] scan-time"
+                self.saved[name] = text.partition("[")[2].partition("]")[0] or text
+                path.write_text(value)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for name in reversed(list(self.saved)):
+            (self.root / name).write_text(self.saved[name])
+
+    def pages_sharing(self) -> int:
+        return int((self.root / "pages_sharing").read_text())
+
+
+def ksmd_pid() -> int | None:
+    """The kernel's same-page merging thread."""
+    import psutil
+
+    for p in psutil.process_iter(["name"]):
+        if p.info["name"] == "ksmd":
+            return p.pid
+    return None
 
 
 def postmaster_pid() -> int:
@@ -179,6 +253,12 @@ def main() -> None:
     parser.add_argument("--pilots", type=int, default=10)
     parser.add_argument("--slots", type=int, default=100, help="flow-run slots per pilot")
     parser.add_argument("--sleep", type=float, default=600.0, help="payload sleep (s)")
+    parser.add_argument(
+        "--ksm", action="store_true", help="run the host's same-page merging meanwhile (root)"
+    )
+    parser.add_argument(
+        "--min-free-mib", type=float, default=1536, help="stop the run below this much"
+    )
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="p3s-bench-concurrency-"))
@@ -221,10 +301,10 @@ def main() -> None:
 
     settings = Settings()
     apply_client_environment(settings)
-    base_peak, base_rate = bare_baseline(script, marks, args.jobs, min(args.sleep, 30.0))
+    base_peak, base_rate, base_mib = bare_baseline(script, marks, args.jobs, min(args.sleep, 30.0))
     print(
         f"baseline: {args.jobs} bare processes at once: peak {base_peak} concurrent, "
-        f"{base_rate:.0f} starts/s"
+        f"{base_rate:.0f} starts/s, {base_mib:.2f} MiB each while waiting"
     )
     job = P3SJob(
         name="concurrent",
@@ -248,15 +328,19 @@ def main() -> None:
         with get_client(sync_client=True) as client:
             deployment = client.read_deployment_by_name(f"p3s-job/{pool}")
         t0 = time.time()
+        ksmd = ksmd_pid()
         with (
+            HostMerging(args.ksm) as merging,
             Sampler(server_pid, interval_s=2.0) as server,
             Sampler(postmaster_pid(), interval_s=2.0) as database,
-            MemorySampler() as memory,
+            Sampler(ksmd or server_pid, interval_s=2.0) as merger,
+            MemorySampler(min_free_mib=args.min_free_mib) as memory,
             RunningCounter(deployment.id) as running,
         ):
             done = asyncio.run(
                 submit_and_wait(job, args.jobs, f"p3s-job/{pool}", args.sleep + 7200)
             )
+            shared_pages = merging.pages_sharing() if args.ksm else 0
         wall = time.time() - t0
     finally:
         system.down(settings, lambda line: None)
@@ -280,10 +364,29 @@ def main() -> None:
         f"({start_rate:.2f} starts/s); all finished in {wall:.0f} s ({args.jobs / wall:.2f} "
         f"jobs/s)"
     )
+    at_submission = memory.used[0] if memory.used else 0.0
+    peak_memory = max(memory.used, default=0.0)
+    per_run = (peak_memory - at_submission) / max(1, peak)
+    # Once every payload has started, the runs only wait: memory then, before the first
+    # ends, is what a waiting run holds (merged pages included, when merging is on).
+    first_end = min((e[0] for _, e in found.values() if e), default=0.0)
+    before = [u for t, u in zip(memory.times, memory.used, strict=True) if t <= first_end]
+    waiting = sum(1 for s0, _ in intervals if s0 <= first_end)
+    settled = before[-1] if before else peak_memory
+    per_waiting = (settled - at_submission) / max(1, waiting)
+    merging_note = (
+        f"; same-page merging on: ksmd {merger.summary()}, {shared_pages * 4 / 1024:.0f} MiB "
+        "of pages shared at the end"
+        if args.ksm and ksmd
+        else "; same-page merging off"
+    )
     print(
         f"Prefect server {server.summary()}; PostgreSQL {database.summary()}; "
-        f"machine memory in use max {max(memory.used, default=0):.0f} MiB "
-        f"(mean {statistics.mean(memory.used) if memory.used else 0:.0f})"
+        f"machine memory in use max {peak_memory:.0f} MiB "
+        f"(mean {statistics.mean(memory.used) if memory.used else 0:.0f}, at submission "
+        f"{at_submission:.0f}): {per_run:.1f} MiB more per payload running at the peak; "
+        f"{settled:.0f} MiB with {waiting} waiting before the first ended: {per_waiting:.1f} "
+        f"MiB per waiting run{merging_note}"
     )
     figures = [
         {
@@ -304,6 +407,19 @@ def main() -> None:
             "value": start_rate,
             "baseline": base_rate,
             "baseline_label": "bare processes at once",
+        },
+        {
+            "figure": f"machine memory in use max (MiB), {args.jobs} jobs"
+            + (", same-page merging" if args.ksm else ""),
+            "value": peak_memory,
+            "baseline": at_submission,
+            "baseline_label": "at submission",
+        },
+        {
+            "figure": "memory per waiting run (MiB)" + (", same-page merging" if args.ksm else ""),
+            "value": per_waiting,
+            "baseline": base_mib,
+            "baseline_label": "bare payload process, waiting",
         },
         {
             "figure": f"Prefect server RSS max (MiB), {args.jobs} jobs",
