@@ -17,15 +17,14 @@ and marks its end, and measures in the same run:
 The baseline is the same number of bare ``subprocess.Popen`` of the payload started at once,
 with the same sleep: concurrency and start rate without Prefect, pilots or jobs.
 
-Memory is what bounds the runs waiting at once on one host (each flow-run child copies about
-30 MiB of its fork server's pages). With ``--ksm`` the host's same-page merging runs for the
-benchmark (``/sys/kernel/mm/ksm``, root; restored after), folding those copies back
-(:mod:`p3s.pilots.memory_merge`); its thread's CPU is reported beside the server's. Whatever
-the options, the run stops (``p3s down``) if the machine's available memory falls under
-``--min-free-mib``, so that it never drives the host into the out-of-memory killer.
+Memory is what bounds the runs waiting at once on one host: each flow-run child copies about
+30 MiB of its fork server's pages. The memory per waiting run (all started, none ended yet) is
+reported beside a bare waiting payload's. The run stops (``p3s down``) if the machine's
+available memory falls under ``--min-free-mib``, so that it never drives the host into the
+out-of-memory killer.
 
 Run: ``.venv/bin/python bench/concurrency.py [--jobs 1000] [--pilots 10] [--slots 100]
-[--sleep 600] [--ksm]``
+[--sleep 600]``
 """
 
 from __future__ import annotations
@@ -179,53 +178,6 @@ class MemorySampler:
         self._thread.join()
 
 
-#: The host's same-page merging for a ``--ksm`` run: the kernel's advisor sizes each pass
-#: to scan every mergeable page within the target time, on at most that share of a core.
-KSM_SETTINGS = {
-    "advisor_mode": "scan-time",
-    "advisor_target_scan_time": "30",
-    "advisor_max_cpu": "40",
-    "run": "1",
-}
-
-
-class HostMerging:
-    """Turn on the host's same-page merging for a block; restore its settings after."""
-
-    def __init__(self, enabled: bool) -> None:
-        from p3s.pilots.memory_merge import KSM
-
-        self.root = KSM
-        self.enabled = enabled
-        self.saved: dict[str, str] = {}
-
-    def __enter__(self) -> HostMerging:
-        if self.enabled:
-            for name, value in KSM_SETTINGS.items():
-                path = self.root / name
-                text = path.read_text().strip()  # a choice reads "[none] scan-time"
-                self.saved[name] = text.partition("[")[2].partition("]")[0] or text
-                path.write_text(value)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for name in reversed(list(self.saved)):
-            (self.root / name).write_text(self.saved[name])
-
-    def pages_sharing(self) -> int:
-        return int((self.root / "pages_sharing").read_text())
-
-
-def ksmd_pid() -> int | None:
-    """The kernel's same-page merging thread."""
-    import psutil
-
-    for p in psutil.process_iter(["name"]):
-        if p.info["name"] == "ksmd":
-            return p.pid
-    return None
-
-
 def postmaster_pid() -> int:
     """The PostgreSQL server's main process (its backends are its children)."""
     import psutil
@@ -253,9 +205,6 @@ def main() -> None:
     parser.add_argument("--pilots", type=int, default=10)
     parser.add_argument("--slots", type=int, default=100, help="flow-run slots per pilot")
     parser.add_argument("--sleep", type=float, default=600.0, help="payload sleep (s)")
-    parser.add_argument(
-        "--ksm", action="store_true", help="run the host's same-page merging meanwhile (root)"
-    )
     parser.add_argument(
         "--min-free-mib", type=float, default=1536, help="stop the run below this much"
     )
@@ -328,19 +277,15 @@ def main() -> None:
         with get_client(sync_client=True) as client:
             deployment = client.read_deployment_by_name(f"p3s-job/{pool}")
         t0 = time.time()
-        ksmd = ksmd_pid()
         with (
-            HostMerging(args.ksm) as merging,
             Sampler(server_pid, interval_s=2.0) as server,
             Sampler(postmaster_pid(), interval_s=2.0) as database,
-            Sampler(ksmd or server_pid, interval_s=2.0) as merger,
             MemorySampler(min_free_mib=args.min_free_mib) as memory,
             RunningCounter(deployment.id) as running,
         ):
             done = asyncio.run(
                 submit_and_wait(job, args.jobs, f"p3s-job/{pool}", args.sleep + 7200)
             )
-            shared_pages = merging.pages_sharing() if args.ksm else 0
         wall = time.time() - t0
     finally:
         system.down(settings, lambda line: None)
@@ -368,25 +313,19 @@ def main() -> None:
     peak_memory = max(memory.used, default=0.0)
     per_run = (peak_memory - at_submission) / max(1, peak)
     # Once every payload has started, the runs only wait: memory then, before the first
-    # ends, is what a waiting run holds (merged pages included, when merging is on).
+    # ends, is what a waiting run holds.
     first_end = min((e[0] for _, e in found.values() if e), default=0.0)
     before = [u for t, u in zip(memory.times, memory.used, strict=True) if t <= first_end]
     waiting = sum(1 for s0, _ in intervals if s0 <= first_end)
     settled = before[-1] if before else peak_memory
     per_waiting = (settled - at_submission) / max(1, waiting)
-    merging_note = (
-        f"; same-page merging on: ksmd {merger.summary()}, {shared_pages * 4 / 1024:.0f} MiB "
-        "of pages shared at the end"
-        if args.ksm and ksmd
-        else "; same-page merging off"
-    )
     print(
         f"Prefect server {server.summary()}; PostgreSQL {database.summary()}; "
         f"machine memory in use max {peak_memory:.0f} MiB "
         f"(mean {statistics.mean(memory.used) if memory.used else 0:.0f}, at submission "
         f"{at_submission:.0f}): {per_run:.1f} MiB more per payload running at the peak; "
         f"{settled:.0f} MiB with {waiting} waiting before the first ended: {per_waiting:.1f} "
-        f"MiB per waiting run{merging_note}"
+        "MiB per waiting run"
     )
     figures = [
         {
@@ -409,14 +348,13 @@ def main() -> None:
             "baseline_label": "bare processes at once",
         },
         {
-            "figure": f"machine memory in use max (MiB), {args.jobs} jobs"
-            + (", same-page merging" if args.ksm else ""),
+            "figure": f"machine memory in use max (MiB), {args.jobs} jobs",
             "value": peak_memory,
             "baseline": at_submission,
             "baseline_label": "at submission",
         },
         {
-            "figure": "memory per waiting run (MiB)" + (", same-page merging" if args.ksm else ""),
+            "figure": "memory per waiting run (MiB)",
             "value": per_waiting,
             "baseline": base_mib,
             "baseline_label": "bare payload process, waiting",

@@ -44,9 +44,3 @@ with contextlib.suppress(Exception):
 # child's first collection does not write to (and so copy) every page that holds them.
 gc.collect()
 gc.freeze()
-# The pages each child still copies (reference counts) are mostly identical: let the kernel
-# merge them where the host runs KSM (see p3s.pilots.memory_merge).
-with contextlib.suppress(Exception):
-    from p3s.pilots.memory_merge import mark_mergeable
-
-    mark_mergeable()

@@ -127,25 +127,6 @@ def test_jobtype_limit_keeps_runs_of_a_type_apart(local_pilots: Pilots, tmp_path
         assert after["start"] >= before["end"], spans
 
 
-def test_a_waiting_run_is_marked_for_same_page_merging(
-    local_pilots: Pilots, tmp_path: Path
-) -> None:
-    # The pages a flow-run child copied from its fork server are mostly identical to theirs:
-    # the child and the fork server are marked so that a host running KSM merges them.
-    from p3s.pilots.memory_merge import is_marked
-
-    log = tmp_path / "exec.log"
-    (flow_run,) = run(submit(local_pilots, [job("merge-me", log, sleep=3)]))
-    start = wait_for(lambda: records(log), 120, "the payload started")[0]
-    child = psutil.Process(int(start[5])).parent()
-    fork_server = child.parent()
-    assert "forkserver" in " ".join(fork_server.cmdline())
-    assert is_marked(child.pid) and is_marked(fork_server.pid)
-    assert not is_marked(fork_server.parent().pid)  # the pilot itself is left as it is
-    (done,) = run(wait_for_runs([flow_run.id], 120))
-    assert done.state.type.value == "COMPLETED", done.state
-
-
 def test_cancelling_stops_the_payload_on_its_pilot(local_pilots: Pilots, tmp_path: Path) -> None:
     from prefect.client.orchestration import get_client
     from prefect.states import Cancelling
