@@ -1,49 +1,64 @@
-"""The DQM flows: one per payload type, each run on one raw file.
+"""The DQM flows: one per payload type, each run on one raw file, one flow run per payload.
 
 ``dqm-tpc-monitor``, ``dqm-purity``, ``dqm-evdisplay`` and ``dqm-beam`` take the claimed raw
-file's URL (``file_url``) and an optional event limit (``n_events``, p3s's ``P3S_NEVENTS``).
-Each stages the file in (size and adler32 checked; transient storage failures retried with
-backoff), runs its payload in-process, stages every product out to
-``settings.outbox/runRRRRRR/SSSS/PAYLOAD`` (atomically), records the result in the DQM catalog,
-publishes artifacts and emits ``p3s.dqm.value`` (the values alarms watch) and ``p3s.dqm.finished``.
+file's URL (``file_url``), what the inbox found of it (``run``, ``subrun``, ``datatype``: the
+``p3s.file.arrived`` event's, so nothing is parsed again) and an optional event limit
+(``n_events``, p3s's ``P3S_NEVENTS``). Each run does the whole job of its payload on its file:
+
+1. stage the file in (size and adler32 checked once; transient storage failures retried);
+2. run its payload in-process and stage every product out to
+   ``settings.outbox/runRRRRRR/SSSS/PAYLOAD`` (atomically);
+3. record the result in the DQM catalog, publish artifacts, emit ``p3s.dqm.value`` (the values
+   alarms watch) and ``p3s.dqm.finished`` (for alarms and sites with their own transport);
+4. settle the raw file's life cycle (used/ once every payload of its data type reported,
+   quarantine/ if any found it corrupt) and replicate its products: tasks with their own
+   retries, not flow runs of their own.
 
 A bad input (corrupt, truncated, wrong version, not HDF5) or a payload error fails the run once,
-with a message naming the fault; the file is left where it is (the life cycle moves it).
+with a message naming the fault; its outcome still settles the file's life cycle.
 """
 
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from p3s.payloads.rawformat import RawFormatError, parse_filename
 from p3s.tasks.analyse import analyse
 from p3s.tasks.publish import emit_finished, emit_values, publish_artifacts, record_result
+from p3s.tasks.replicate import replicate_outputs
+from p3s.tasks.settle import settle_file
 from p3s.tasks.stage import stage_in, stage_out
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
 from p3s.settings import get_settings
-from p3s.storage import FileVanished, StorageError, adler32_local
+from p3s.storage import FileVanished, StorageError
 
 
 @dataclass(frozen=True)
 class RawFile:
-    """The raw file a DQM run works on: its URL, name, and run/subrun from its name."""
+    """The raw file a DQM run works on: its URL, name, run/subrun and data type."""
 
     url: str
     name: str
     run: int
     subrun: int
+    datatype: str | None = None
 
     @classmethod
-    def from_url(cls, url: str) -> RawFile:
+    def from_params(
+        cls, url: str, run: int | None, subrun: int | None, datatype: str | None
+    ) -> RawFile:
+        """The file as the inbox event described it; run/subrun parsed from the name only
+        when the event did not carry them (a run started by hand)."""
         name = url.rstrip("/").rpartition("/")[2]
-        run, subrun, _stream = parse_filename(name) or (0, 0, 0)
-        return cls(url, name, run, subrun)
+        if run is None or subrun is None:
+            run, subrun, _stream = parse_filename(name) or (0, 0, 0)
+        return cls(url, name, run, subrun, datatype or None)
 
 
 def outbox_folder(payload: str, run: int, subrun: int) -> str:
@@ -51,18 +66,24 @@ def outbox_folder(payload: str, run: int, subrun: int) -> str:
     return f"{get_settings().outbox.rstrip('/')}/run{run:06d}/{subrun:04d}/{payload}"
 
 
-def run_dqm(payload: str, file_url: str, n_events: int | None) -> State[Any]:
-    """Stage in, analyse, stage out, record, publish: the job every DQM flow does."""
+def run_dqm(
+    payload: str,
+    file_url: str,
+    n_events: int | None,
+    run: int | None = None,
+    subrun: int | None = None,
+    datatype: str | None = None,
+) -> State[Any]:
+    """Stage in, analyse, stage out, record, publish, settle, replicate: one payload's job."""
     logger = get_run_logger()
-    raw = RawFile.from_url(file_url)
+    raw = RawFile.from_params(file_url, run, subrun, datatype)
     started = datetime.now(UTC)
     scratch = get_settings().scratch / str(flow_run.id)
     report = {"payload": payload, "raw": raw, "started": started}
     try:
-        local = stage_in(raw.url, scratch / "in")
-        size, checksum = local.stat().st_size, adler32_local(local)
-        result = analyse(payload, local, scratch / "out", n_events)
-        raw = RawFile(raw.url, raw.name, result.run, result.subrun)
+        staged = stage_in(raw.url, scratch / "in")
+        result = analyse(payload, staged.path, scratch / "out", n_events)
+        raw = replace(raw, run=result.run, subrun=result.subrun)
         outbox = outbox_folder(payload, result.run, result.subrun)
         products = stage_out(result.products, outbox)
     except RawFormatError as exc:
@@ -93,8 +114,8 @@ def run_dqm(payload: str, file_url: str, n_events: int | None) -> State[Any]:
         started=started,
         summary=result.summary,
         products=products,
-        file_size=size,
-        file_adler32=checksum,
+        file_size=staged.size,
+        file_adler32=staged.adler32,
     )
     publish_artifacts(
         payload,
@@ -116,14 +137,22 @@ def run_dqm(payload: str, file_url: str, n_events: int | None) -> State[Any]:
         subrun=raw.subrun,
         outbox_url=outbox,
     )
-    logger.info(message)
+    settle_file(raw.name, payload, "completed", message, raw.datatype)
+    try:
+        replica = replicate_outputs(outbox)
+    except Exception as exc:
+        failure = f"{message}; replicating them failed after retries: {exc}"
+        logger.error(failure)
+        return Failed(name="TransportFailed", message=failure)
+    logger.info("%s; replicated to %s", message, replica.dest)
     return Completed(message=message, data=outbox)
 
 
 def _report_failure(
     *, payload: str, raw: RawFile, started: datetime, outcome: str, message: str
 ) -> State[Any]:
-    """Record and announce a failed run; the returned state fails it once (no flow retries)."""
+    """Record, announce and settle a failed run; the returned state fails it once (no flow
+    retries)."""
     get_run_logger().error(message)
     record_result(
         payload,
@@ -145,6 +174,7 @@ def _report_failure(
         run=raw.run,
         subrun=raw.subrun,
     )
+    settle_file(raw.name, payload, outcome, message, raw.datatype)
     if outcome == "corrupt":
         return Failed(name="Corrupt", message=message)
     return Failed(message=message)
@@ -164,27 +194,51 @@ _FLOW_OPTIONS: dict[str, Any] = {
 
 
 @flow(name="dqm-tpc-monitor", **_FLOW_OPTIONS)
-def dqm_tpc_monitor(file_url: str, n_events: int | None = None) -> State[Any]:
+def dqm_tpc_monitor(
+    file_url: str,
+    n_events: int | None = None,
+    run: int | None = None,
+    subrun: int | None = None,
+    datatype: str | None = None,
+) -> State[Any]:
     """TPC monitor: pedestals, noise, dead/noisy channels, FFTs per fiber, photon detectors."""
-    return run_dqm("tpc_monitor", file_url, n_events)
+    return run_dqm("tpc_monitor", file_url, n_events, run, subrun, datatype)
 
 
 @flow(name="dqm-purity", **_FLOW_OPTIONS)
-def dqm_purity(file_url: str, n_events: int | None = None) -> State[Any]:
+def dqm_purity(
+    file_url: str,
+    n_events: int | None = None,
+    run: int | None = None,
+    subrun: int | None = None,
+    datatype: str | None = None,
+) -> State[Any]:
     """Purity monitor: electron lifetime per TPC from cosmic-muon tracks."""
-    return run_dqm("purity", file_url, n_events)
+    return run_dqm("purity", file_url, n_events, run, subrun, datatype)
 
 
 @flow(name="dqm-evdisplay", **_FLOW_OPTIONS)
-def dqm_evdisplay(file_url: str, n_events: int | None = None) -> State[Any]:
+def dqm_evdisplay(
+    file_url: str,
+    n_events: int | None = None,
+    run: int | None = None,
+    subrun: int | None = None,
+    datatype: str | None = None,
+) -> State[Any]:
     """Event display and data preparation: wire x time images per APA and plane."""
-    return run_dqm("evdisplay", file_url, n_events)
+    return run_dqm("evdisplay", file_url, n_events, run, subrun, datatype)
 
 
 @flow(name="dqm-beam", **_FLOW_OPTIONS)
-def dqm_beam(file_url: str, n_events: int | None = None) -> State[Any]:
+def dqm_beam(
+    file_url: str,
+    n_events: int | None = None,
+    run: int | None = None,
+    subrun: int | None = None,
+    datatype: str | None = None,
+) -> State[Any]:
     """Beam instrumentation monitor: momentum, time of flight, Cherenkov, beam profile."""
-    return run_dqm("beam", file_url, n_events)
+    return run_dqm("beam", file_url, n_events, run, subrun, datatype)
 
 
 DQM_FLOWS = {

@@ -9,8 +9,8 @@ Bookkeeping lives beside the folders, in ``ROOT/.state/``:
 
 - ``announced/NAME``: the ``p3s.file.arrived`` event for the claimed file was accepted by the
   Prefect server (written by :mod:`p3s.inbox`).
-- ``outcomes/NAME/PAYLOAD.json``: what each DQM flow reported for the file (written here, from
-  the ``p3s.dqm.finished`` event that triggered the life-cycle flow).
+- ``outcomes/NAME/PAYLOAD.json``: what each DQM flow run reported for the file (written here,
+  by the life-cycle task at the end of that DQM flow run).
 
 :func:`settle` is idempotent: it may run several times per file and concurrently; the last
 run to record an outcome sees them all and makes the single move.
@@ -413,6 +413,7 @@ def settle(
     payload: str | None = None,
     outcome: str | None = None,
     reason: str = "",
+    datatype: str | None = None,
     extra_outcomes: OutcomeSource | None = None,
 ) -> Settled:
     """Record a DQM outcome for ``name`` and move the file once every DQM flow has reported.
@@ -424,7 +425,9 @@ def settle(
     Args:
         settings: where the folders are and which data types feed which payloads.
         name: the file name (checked: it may not leave its folder).
-        payload, outcome, reason: what the triggering ``p3s.dqm.finished`` event reported.
+        payload, outcome, reason: what the DQM flow run that calls it found (None: record
+            nothing, settle on what was reported before).
+        datatype: the file's data type as the inbox named it (None: found from the name).
         extra_outcomes: more outcomes by payload (None: the DQM catalog of ``settings``).
 
     Raises:
@@ -433,8 +436,7 @@ def settle(
     """
     check_name(name)
     layout = Layout.of(settings)
-    datatype = _datatype_of(name, settings.inbox.datatypes)
-    expected = tuple(datatype.feeds)
+    expected = tuple(_datatype_of(name, settings.inbox.datatypes, datatype).feeds)
     if not layout.claimed.exists(name):
         where = layout.where(name)
         action = f"already {where}" if where in ("used", "quarantine") else "missing"
@@ -486,12 +488,15 @@ def settle(
     return Settled(name, action, outcomes, expected, summary)
 
 
-def _datatype_of(name: str, datatypes: list[DataType]) -> DataType:
-    identity = classify(name, datatypes)
-    if identity is None:
-        raise ValueError(f"{name!r} matches no configured data type; it has no DQM flows")
+def _datatype_of(name: str, datatypes: list[DataType], known: str | None = None) -> DataType:
+    """The data type of ``name``: the one named ``known`` if configured, else by its name."""
+    if known is None or all(d.name != known for d in datatypes):
+        identity = classify(name, datatypes)
+        if identity is None:
+            raise ValueError(f"{name!r} matches no configured data type; it has no DQM flows")
+        known = identity.datatype
     for datatype in datatypes:
-        if datatype.name == identity.datatype:
+        if datatype.name == known:
             return datatype
     raise AssertionError("classify() returned a data type that is not configured")
 

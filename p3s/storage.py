@@ -47,7 +47,9 @@ __all__ = [
     "filesystem",
     "listdir",
     "remote_checksum",
+    "Staged",
     "stage_in",
+    "stage_in_checked",
     "stage_out",
     "url_for",
 ]
@@ -299,9 +301,30 @@ def _source_facts(fs: fsspec.AbstractFileSystem, path: str, url: str) -> tuple[i
     return size, checksum
 
 
+@dataclass(frozen=True)
+class Staged:
+    """A local copy made by :func:`stage_in_checked`, with the facts it was checked against."""
+
+    path: Path
+    #: Bytes, equal in the source and the copy.
+    size: int
+    #: adler32 (8 hex digits), equal in the source and the copy.
+    adler32: str
+
+
 def stage_in(
     url: str | os.PathLike[str], scratch_dir: str | os.PathLike[str], *, attempts: int | None = None
 ) -> Path:
+    """Copy ``url`` into ``scratch_dir`` and check its size and adler32 checksum.
+
+    The local copy's path; :func:`stage_in_checked` also returns its size and checksum.
+    """
+    return stage_in_checked(url, scratch_dir, attempts=attempts).path
+
+
+def stage_in_checked(
+    url: str | os.PathLike[str], scratch_dir: str | os.PathLike[str], *, attempts: int | None = None
+) -> Staged:
     """Copy ``url`` into ``scratch_dir`` and check its size and adler32 checksum.
 
     Args:
@@ -310,7 +333,7 @@ def stage_in(
         attempts: tries for transient failures (None: ``settings.storage.attempts``).
 
     Returns:
-        The local copy.
+        The local copy, its size and adler32 (computed once, here: callers reuse them).
 
     Raises:
         FileVanished: the file does not exist (no retry).
@@ -325,7 +348,7 @@ def stage_in(
     local = scratch / name
     partial = scratch / f".{name}.part-{uuid.uuid4().hex[:8]}"
 
-    def copy() -> Path:
+    def copy() -> Staged:
         size, expected = _source_facts(fs, path, full)
         try:
             if _is_xrootd(full):  # fsspec-xrootd reads 256 kB per request by default
@@ -344,7 +367,7 @@ def stage_in(
             partial.unlink(missing_ok=True)
             fs.invalidate_cache(path)  # XRootD: close the cached read handle of the source
         log.info("staged in %s (%d bytes, adler32 %s) to %s", full, size, expected, local)
-        return local
+        return Staged(local, size, expected)
 
     return _with_retries(
         copy, full, "staging it in", _Retry.from_settings(attempts), _invalidate(fs)

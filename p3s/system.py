@@ -144,7 +144,19 @@ def deploy(settings: Settings, report: Report) -> None:
             "prefect deploy --all failed\n"
             f"exit code: {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
         )
-    report("deployments applied from prefect.yaml")
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from p3s.deployments.retired import remove_retired_deployments
+
+    async def _remove() -> list[str]:
+        async with get_client() as client:
+            return await remove_retired_deployments(client)
+
+    with temporary_settings(updates={PREFECT_API_URL: settings.api_url}):
+        removed = asyncio.run(_remove())
+    retired = f"; retired {', '.join(removed)}" if removed else ""
+    report(f"deployments applied from prefect.yaml{retired}")
 
 
 def start_worker(settings: Settings, report: Report) -> None:

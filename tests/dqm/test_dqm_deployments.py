@@ -20,7 +20,13 @@ def test_every_dqm_payload_has_an_inbox_deployment_of_its_flow() -> None:
             continue
         flow = load_flow_from_entrypoint(str(ROOT / deployment["entrypoint"]))
         found[f"{flow.name}/{deployment['name']}"] = deployment
-        assert set(flow.parameters.properties) == {"file_url", "n_events"}
+        assert set(flow.parameters.properties) == {
+            "file_url",
+            "n_events",
+            "run",
+            "subrun",
+            "datatype",
+        }
         assert flow.parameters.required == ["file_url"]
         assert deployment["work_pool"]["name"] == "{{ $P3S_WORK_POOL }}"
     assert sorted(found) == sorted(DQM_DEPLOYMENTS.values())

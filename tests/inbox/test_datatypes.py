@@ -64,7 +64,13 @@ def test_every_fed_deployment_is_triggered_by_arrivals_of_its_data_type() -> Non
             (trigger,) = triggers
             assert trigger["match"]["p3s.datatype"] == datatype.name
             assert trigger["match"]["prefect.resource.id"] == "p3s.file.*"
-            assert trigger["parameters"]["file_url"] == "{{ event.payload.url }}"
+            # What the scan found travels with the file: nothing is parsed twice.
+            assert trigger["parameters"] == {
+                "file_url": "{{ event.payload.url }}",
+                "run": "{{ event.payload.run }}",
+                "subrun": "{{ event.payload.subrun }}",
+                "datatype": "{{ event.payload.datatype }}",
+            }
 
 
 def test_no_deployment_is_triggered_by_a_data_type_that_feeds_nothing() -> None:
@@ -75,13 +81,20 @@ def test_no_deployment_is_triggered_by_a_data_type_that_feeds_nothing() -> None:
                 assert (trigger["match"]["p3s.datatype"], name) in fed
 
 
-def test_life_cycle_and_transport_follow_every_finished_dqm_flow() -> None:
+def test_no_flow_run_follows_a_finished_dqm_flow() -> None:
+    """The life cycle and the transport are tasks of each DQM run: at most four flow runs per
+    raw file, and nothing is triggered by ``p3s.dqm.finished`` (it stays for alarms)."""
     deployments = _deployments()
-    (lifecycle,) = deployments["file-lifecycle/dqm-finished"]["triggers"]
-    assert lifecycle["expect"] == ["p3s.dqm.finished"]
-    assert set(lifecycle["parameters"]) == {"file_name", "payload", "outcome", "reason"}
-    (transport,) = deployments["output-transport/dqm-completed"]["triggers"]
-    assert transport["match"]["p3s.outcome"] == "completed"
-    assert "p3s.outbox.url" in transport["parameters"]["outbox_url"]
+    for name, deployment in deployments.items():
+        for trigger in deployment.get("triggers", []):
+            assert "p3s.dqm.finished" not in trigger["expect"], name
+    fed = {dep for d in default_datatypes() for dep in d.feeds.values()}
+    triggered = {
+        name
+        for name, deployment in deployments.items()
+        for trigger in deployment.get("triggers", [])
+        if "p3s.file.arrived" in trigger["expect"]
+    }
+    assert triggered == fed and len(fed) == 4
     schedule = deployments["inbox-scan/scheduled"]["schedules"][0]
     assert schedule["active"] is False  # p3s up runs the watcher instead

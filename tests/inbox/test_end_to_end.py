@@ -63,6 +63,18 @@ async def _quarantine_events(name: str, timeout_s: float = 60) -> int:
             await asyncio.sleep(1)
 
 
+async def _flow_runs_naming(name: str) -> list[str]:
+    """The names of every flow run on the server whose name mentions ``name``."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    async with get_client() as client:
+        runs = await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(like_=name)), limit=50
+        )
+    return sorted(r.name for r in runs)
+
+
 def test_a_dropped_file_runs_four_dqm_flows_then_is_used_and_replicated_and_a_corrupt_one_is_quarantined(  # noqa: E501
     stack: Stack,
 ) -> None:
@@ -82,6 +94,9 @@ def test_a_dropped_file_runs_four_dqm_flows_then_is_used_and_replicated_and_a_co
     )
     for run_ in good_runs.values():
         assert run_.parameters["file_url"] == layout.claimed.child(good)
+        # What the scan found travelled with the event.
+        assert (run_.parameters["run"], run_.parameters["subrun"]) == (run, 1)
+        assert run_.parameters["datatype"] == "np04-raw"
 
     bad_runs = asyncio.run(wait_for_dqm_runs(corrupt, DQM_DEPLOYMENTS, timeout_s=300))
     for payload, run_ in bad_runs.items():
@@ -99,6 +114,9 @@ def test_a_dropped_file_runs_four_dqm_flows_then_is_used_and_replicated_and_a_co
     assert bystander.read_text() == "someone else's file"
     assert (data / "used" / good).exists() and not (data / "quarantine" / good).exists()
     assert not (data / "claimed" / good).exists() and not (data / "claimed" / corrupt).exists()
+
+    # One flow run per payload and file: the life cycle and transport ran inside them.
+    assert asyncio.run(_flow_runs_naming(good)) == sorted(r.name for r in good_runs.values())
 
     # Every completed output set is replicated, with a manifest of adler32 checksums.
     for payload in DQM_DEPLOYMENTS:
