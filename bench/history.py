@@ -55,8 +55,6 @@ FLOWS = [
     ("dqm-purity", "inbox", ["p3s", "dqm"], []),
     ("dqm-evdisplay", "inbox", ["p3s", "dqm"], []),
     ("dqm-beam", "inbox", ["p3s", "dqm"], []),
-    ("file-lifecycle", "dqm-finished", ["p3s", "lifecycle"], []),
-    ("output-transport", "dqm-completed", ["p3s", "transport"], []),
     ("p3s-job", "adhoc", ["p3s", "p3s-job"], ["evdisp", "purity", "monitor", "reco", "test"]),
 ]
 #: The calls whose p95 goes into bench/RESULTS.md (every call is printed).
