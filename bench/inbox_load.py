@@ -97,10 +97,16 @@ async def queued_runs() -> int:
 
 
 def feed_and_watch(
-    settings, files: list[Path], rate: float, minutes: float, drain_minutes: float
+    settings,
+    files: list[Path],
+    rate: float,
+    minutes: float,
+    drain_minutes: float,
+    first_run: int = 100000,
 ) -> tuple[dict[str, float], dict[str, float], dict[str, str], list[tuple[float, int, int]]]:
-    """Feed the files at ``rate`` per second; return arrival and end times per name, where
-    each ended (used/quarantine), and (t, backlog, queued runs) samples."""
+    """Feed the files at ``rate`` per second, as runs ``first_run``, ``first_run + 1``, ...;
+    return arrival and end times per name, where each ended (used/quarantine), and
+    (t, backlog, queued runs) samples."""
     data = settings.data
     inbox, staging = data / "inbox", settings.home / "staging"
     ends = {"used": data / "used", "quarantine": data / "quarantine"}
@@ -130,9 +136,9 @@ def feed_and_watch(
         if i < n_feed and now >= t_start + i / rate:
             source = files[i % len(files)]
             # Each arrival a new name (run number), so that every one is a new file.
-            name = raw_filename(100000 + i, 1)
+            name = raw_filename(first_run + i, 1)
             shutil.copyfile(source, staging / name)
-            set_run(staging / name, 100000 + i)
+            set_run(staging / name, first_run + i)
             os.rename(staging / name, inbox / name)
             arrived[name] = time.time()
             i += 1

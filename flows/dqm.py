@@ -60,6 +60,11 @@ class RawFile:
             run, subrun, _stream = parse_filename(name) or (0, 0, 0)
         return cls(url, name, run, subrun, datatype or None)
 
+    @classmethod
+    def from_url(cls, url: str) -> RawFile:
+        """The file as its name describes it (run and subrun parsed from it)."""
+        return cls.from_params(url, None, None, None)
+
 
 def outbox_folder(payload: str, run: int, subrun: int) -> str:
     """The folder URL of one payload's products: ``OUTBOX/runRRRRRR/SSSS/PAYLOAD``."""

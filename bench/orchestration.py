@@ -1,0 +1,249 @@
+"""What orchestration costs beside the physics: CPU and flow runs per raw file, files per second.
+
+Brings up its own embedded system with the code of ``p3s up`` (Prefect server on SQLite, the
+p3s pool on warm local pilots, the deployments and their ``p3s.file.arrived`` triggers, the
+inbox watcher) under a temporary home and free ports. Then, in the same run:
+
+1. **Payloads alone**: the four DQM payloads one after another in this process on each
+   distinct simulated reduced-geometry file (no Prefect, no storage checks, no events): their
+   CPU seconds per file, and the payload-only bound on this machine,
+   ``cores / payload CPU-s per file`` files per second.
+2. **Through the inbox**: ``--files`` files renamed into the inbox at ``--load`` times that
+   bound (each a new run number), then drained. Everything the system runs is charged: the
+   CPU time of every process ``p3s up`` started and of all their descendants, including those
+   that ended meanwhile (the kernel adds a reaped child's time to its parent's), measured as
+   the difference between the start and the end of the feed. Per file: everything, and the
+   orchestration (everything minus the payloads' own CPU per file), against the payloads' CPU.
+3. Sustained files per second (files ended over the time from the first arrival to the last
+   end) against the payload-only bound; the backlog sampled every 5 s; the flow runs and the
+   server's API requests per file.
+
+Goals (issue 20): orchestration CPU per file at most 0.25x the payloads'; sustained files/s at
+least 0.8x the payload-only bound, backlog bounded.
+
+Run: ``.venv/bin/python bench/orchestration.py [--files 40] [--load 0.8] [--pilots 2]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchlib import free_port
+from inbox_load import feed_and_watch, simulate_files
+
+
+def payload_cpu(path: Path, outbox: Path) -> tuple[float, float]:
+    """CPU seconds (every thread of this process) and wall seconds the four payloads take one
+    after another on ``path``, products written under ``outbox``."""
+    from p3s.payloads.runner import PAYLOADS, run_payload
+
+    c0, t0 = time.process_time(), time.perf_counter()
+    for name in PAYLOADS:
+        run_payload(name, path, outbox)
+    return time.process_time() - c0, time.perf_counter() - t0
+
+
+def tree_cpu(roots: dict[str, int]) -> dict[str, float]:
+    """CPU seconds (user + system) of each root process and all its descendants, alive or
+    ended and reaped (a reaped child's time is in its parent's ``children_*`` times)."""
+    import psutil
+
+    found: dict[str, float] = {}
+    for name, pid in roots.items():
+        try:
+            root = psutil.Process(pid)
+            tree = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+        total = 0.0
+        for proc in tree:
+            try:
+                t = proc.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += t.user + t.system + t.children_user + t.children_system
+        found[name] = total
+    return found
+
+
+def process_cpu(roots: dict[str, int]) -> dict[tuple[int, str], float]:
+    """CPU seconds of each live process of the trees, its reaped children's included, by
+    (pid, command line): where the time goes (``--detail``)."""
+    import psutil
+
+    found = {}
+    for pid in roots.values():
+        try:
+            root = psutil.Process(pid)
+            tree = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+        for proc in tree:
+            try:
+                t = proc.cpu_times()
+                cmd = " ".join(proc.cmdline())[-90:]
+            except psutil.NoSuchProcess:
+                continue
+            found[(proc.pid, cmd)] = t.user + t.system + t.children_user + t.children_system
+    return found
+
+
+def service_roots(settings) -> dict[str, int]:
+    """The processes ``p3s up`` started, by service name."""
+    from p3s import system
+
+    roots = {}
+    for service in system.managed(settings):
+        process = service.process()
+        if process is not None:
+            roots[service.name] = process.pid
+    return roots
+
+
+async def flow_run_count() -> int:
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        return await client.count_flow_runs()
+
+
+def main() -> None:
+    sys.stdout.reconfigure(line_buffering=True)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=40, help="files fed through the inbox")
+    parser.add_argument(
+        "--load", type=float, default=0.8, help="arrival rate as a fraction of the bound"
+    )
+    parser.add_argument("--rate", type=float, help="files per second (instead of --load)")
+    parser.add_argument("--events", type=int, default=2, help="events per file")
+    parser.add_argument("--pilots", type=int, default=2, help="local pilots (min = max)")
+    parser.add_argument("--distinct-files", type=int, default=4)
+    parser.add_argument("--drain-minutes", type=float, default=10.0)
+    parser.add_argument("--detail", action="store_true", help="CPU per process of the trees")
+    args = parser.parse_args()
+
+    cores = os.cpu_count() or 1
+    home = Path(tempfile.mkdtemp(prefix="p3s-bench-orch-"))
+    env = {
+        "P3S_HOME": str(home),
+        "P3S_SERVER__PORT": str(free_port()),
+        "P3S_UI__PORT": str(free_port()),
+        "P3S_PILOTS__MIN_PILOTS": str(args.pilots),
+        "P3S_PILOTS__MAX_PILOTS": str(args.pilots),
+        "P3S_POOL__CONCURRENCY": str(args.pilots),
+    }
+    os.environ.update(env)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from p3s import system
+    from p3s.prefect_env import apply_client_environment
+    from p3s.settings import Settings
+
+    settings = Settings()
+    apply_client_environment(settings)
+    files = simulate_files(home / "sim", args.distinct_files, args.events)
+    print(f"simulated {len(files)} files ({files[0].stat().st_size / 1e6:.1f} MB each)")
+    payload_cpu(files[0], home / "baseline")  # warm-up: imports, page cache
+    measured = [payload_cpu(f, home / "baseline") for f in files]
+    cpu_per_file = statistics.mean(c for c, _ in measured)
+    wall_per_file = statistics.mean(w for _, w in measured)
+    bound = cores / cpu_per_file
+    rate = args.rate or args.load * bound
+    print(
+        f"payloads alone, in-process: {cpu_per_file:.2f} CPU-s per file ({wall_per_file:.2f} s "
+        f"wall); payload-only bound on {cores} cores: {bound:.3f} files/s"
+    )
+
+    try:
+        system.up(settings, lambda line: print("  ", line))
+        roots = service_roots(settings)
+        # One file first: the pilots' first runs, page cache; not charged.
+        feed_and_watch(settings, files[:1], 1.0, 1 / 60, args.drain_minutes, first_run=90000)
+        runs_before = asyncio.run(flow_run_count())
+        cpu_before = tree_cpu(roots)
+        detail_before = process_cpu(roots)
+        minutes = (args.files + 0.5) / rate / 60  # the feed sends int(rate * minutes * 60)
+        print(f"feeding {args.files} files at {rate:.3f} files/s ({args.pilots} pilots)")
+        arrived, ended, where, samples = feed_and_watch(
+            settings, files, rate, minutes, args.drain_minutes
+        )
+        cpu_after = tree_cpu(roots)
+        detail_after = process_cpu(roots)
+        runs = asyncio.run(flow_run_count()) - runs_before
+    finally:
+        system.down(settings, lambda line: None)
+
+    n_ended = len(ended)
+    if not n_ended:
+        raise SystemExit("no file ended: see the logs under " + str(settings.run_dir))
+    by_service = {k: cpu_after.get(k, 0.0) - cpu_before.get(k, 0.0) for k in roots}
+    everything = sum(by_service.values()) / n_ended
+    orchestration = everything - cpu_per_file
+    span = max(ended.values()) - min(arrived.values())
+    sustained = n_ended / span
+    feed_end = minutes * 60
+    first = [b for t, b, _ in samples if t < feed_end / 2]
+    second = [b for t, b, _ in samples if feed_end / 2 <= t <= feed_end]
+    n_used = sum(1 for k in where.values() if k == "used")
+    print(
+        f"\n{len(arrived)} files arrived, {n_ended} ended ({n_used} used), "
+        f"{len(arrived) - n_ended} never ended; {runs} flow runs ({runs / n_ended:.2f} per file)"
+    )
+    for name, cpu in sorted(by_service.items()):
+        print(f"  {name}: {cpu / n_ended:.2f} CPU-s per file")
+    if args.detail:
+        deltas = {k: v - detail_before.get(k, 0.0) for k, v in detail_after.items()}
+        for (pid, cmd), cpu in sorted(deltas.items(), key=lambda kv: -kv[1])[:12]:
+            print(f"    {cpu / n_ended:6.2f} CPU-s per file  pid {pid}  {cmd}")
+    print(
+        f"CPU per file: everything {everything:.2f} s, payloads alone {cpu_per_file:.2f} s, "
+        f"orchestration {orchestration:.2f} s = {orchestration / cpu_per_file:.2f}x the payloads'"
+    )
+    print(
+        f"sustained {sustained:.3f} files/s = {sustained / bound:.2f}x the payload-only bound "
+        f"({bound:.3f}); fed {rate:.3f}"
+    )
+    print(
+        f"backlog: max {max((b for _, b, _ in samples), default=0)}, mean of the first half of "
+        f"the feed {statistics.mean(first) if first else 0:.1f}, of the second "
+        f"{statistics.mean(second) if second else 0:.1f}"
+    )
+    print(
+        "BENCH "
+        + json.dumps(
+            {
+                "bench": "orchestration",
+                "figures": [
+                    {
+                        "figure": "orchestration CPU-s per file",
+                        "value": orchestration,
+                        "baseline": cpu_per_file,
+                        "baseline_label": "payloads' CPU-s per file, in-process",
+                    },
+                    {
+                        "figure": f"sustained files/s ({args.files} files at {rate:.3f}/s)",
+                        "value": sustained,
+                        "baseline": bound,
+                        "baseline_label": "payload-only bound (cores / payload CPU-s)",
+                    },
+                    {
+                        "figure": "flow runs per file",
+                        "value": runs / n_ended,
+                        "baseline": 4,
+                        "baseline_label": "DQM payloads per file",
+                    },
+                ],
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
