@@ -21,7 +21,7 @@ inbox watcher) under a temporary home and free ports. Then, in the same run:
 Goals (issue 20): orchestration CPU per file at most 0.25x the payloads'; sustained files/s at
 least 0.8x the payload-only bound, backlog bounded.
 
-Run: ``.venv/bin/python bench/orchestration.py [--files 40] [--load 0.8] [--pilots 2]``
+Run: ``.venv/bin/python bench/orchestration.py [--files 40 | --minutes 10] [--load 0.8]``
 """
 
 from __future__ import annotations
@@ -119,6 +119,7 @@ def main() -> None:
     sys.stdout.reconfigure(line_buffering=True)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=40, help="files fed through the inbox")
+    parser.add_argument("--minutes", type=float, help="feed for this long (instead of --files)")
     parser.add_argument(
         "--load", type=float, default=0.8, help="arrival rate as a fraction of the bound"
     )
@@ -169,6 +170,8 @@ def main() -> None:
         runs_before = asyncio.run(flow_run_count())
         cpu_before = tree_cpu(roots)
         detail_before = process_cpu(roots)
+        if args.minutes:
+            args.files = max(1, round(rate * args.minutes * 60))
         minutes = (args.files + 0.5) / rate / 60  # the feed sends int(rate * minutes * 60)
         print(f"feeding {args.files} files at {rate:.3f} files/s ({args.pilots} pilots)")
         arrived, ended, where, samples = feed_and_watch(

@@ -112,6 +112,14 @@ BENCHES = (
         "files at a steady rate through all four DQM flows: arrival -> result",
     ),
     Bench(
+        "orchestration",
+        ("--minutes", "10", "--load", "0.8"),
+        ("--files", "8", "--load", "0.5", "--drain-minutes", "4"),
+        2700,
+        "CPU per raw file of everything against the payloads'; files/s against the "
+        "payload-only bound",
+    ),
+    Bench(
         "history",
         (),
         ("--runs", "20000", "--repeat", "5"),

@@ -337,7 +337,7 @@ def _stage_ins(flow_run_ids: list[uuid.UUID]) -> list[Any]:
 # --------------------------------------------------------------------------------------------
 # 5. The inbox fed faster than the pool drains it
 
-# 12 files queue 48 DQM runs at once (and as many life-cycle and transport runs after them)
+# 12 files queue 48 DQM runs at once (each settling its file and replicating its products)
 # for 4 pilots; P3S_FAULTS_INBOX_FILES=30 gives the longer flood.
 INBOX_FILES = int(os.environ.get("P3S_FAULTS_INBOX_FILES", "12"))
 
