@@ -1,0 +1,122 @@
+"""Quality flags of simulated runs: each fault flagged bad for the right APA/TPC and reason.
+
+Five runs go through the real TPC and purity monitors into a SQLite catalog: run 100 (clean,
+the reference run), 101 (clean), 102 (40 more noisy channels in APA 1), 103 (a coherent line
+at 150 kHz in fiber 21 of APA 1) and 104 (electron lifetime 1 ms in TPC 2). The checks are
+the packaged ones (p3s/dqm/checks).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from p3s.catalog import Catalog
+from p3s.dqm.checks import load_checks
+from p3s.dqm.quality import evaluate_file, recheck
+from tests.dqm.simruns import process, simulate_run
+
+FAULTS = {
+    100: {},
+    101: {},
+    102: {"extra_noisy": {1: 40}},
+    103: {"coherent_lines": {21: [150.0]}},
+    104: {"lifetimes_ms": {1: 3.0, 2: 1.0}},
+}
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory: pytest.TempPathFactory) -> Catalog:
+    folder = tmp_path_factory.mktemp("quality")
+    catalog = Catalog(f"sqlite:///{folder / 'catalog.sqlite'}")
+    for run, faults in FAULTS.items():
+        process(catalog, simulate_run(folder, run, **faults), folder / "outbox")
+    catalog.set_reference(100)
+    for row in catalog.completed():
+        evaluate_file(catalog, row["file"], row["payload"])
+    return catalog
+
+
+def _flags(catalog: Catalog, run: int) -> dict[str, dict]:
+    return {f["area"]: f for f in catalog.dq_flags(run)}
+
+
+def test_clean_runs_are_good_in_every_area(catalog: Catalog) -> None:
+    for run in (100, 101):
+        flags = _flags(catalog, run)
+        assert set(flags) == {"APA 0", "APA 1", "TPC 1", "TPC 2", "run"}
+        assert {area: f["quality"] for area, f in flags.items() if f["quality"] != "good"} == {}
+
+
+def test_extra_noisy_channels_flag_their_apa_bad_naming_value_limit_and_unit(
+    catalog: Catalog,
+) -> None:
+    flags = _flags(catalog, 102)
+    assert flags["APA 1"]["quality"] == "bad"
+    assert flags["APA 0"]["quality"] == "good"
+    assert flags["run"]["quality"] == "bad"
+    (reason,) = [r for r in flags["APA 1"]["reasons"] if "noisy-fraction" in r]
+    assert reason.startswith("noisy_fraction in APA 1 is 8.2 %, above the limit 5 %")
+
+
+def test_a_coherent_line_in_one_fiber_flags_its_apa_bad(catalog: Catalog) -> None:
+    flags = _flags(catalog, 103)
+    assert flags["APA 1"]["quality"] == "bad"
+    assert flags["APA 0"]["quality"] == "good"
+    reasons = flags["APA 1"]["reasons"]
+    assert "coherent_lines in APA 1 fiber 21 is 1 lines, above the limit 0 lines" in reasons[0]
+    # The reference comparison of the same fiber's profiled FFT sees the line too.
+    assert any(
+        r.startswith("apa1/fiber021/profiled_fft against reference run 100 is ")
+        and "above the limit 10 dB" in r
+        for r in reasons
+    )
+    bad_places = {c["place"] for c in catalog.dq_checks(103, worse_than_good=True)}
+    assert bad_places == {"APA 1 fiber 21"}
+
+
+def test_a_low_lifetime_flags_its_tpc_bad(catalog: Catalog) -> None:
+    flags = _flags(catalog, 104)
+    assert flags["TPC 2"]["quality"] == "bad"
+    assert flags["TPC 1"]["quality"] == "good"
+    assert {a for a, f in flags.items() if f["quality"] != "good"} == {"TPC 2", "run"}
+    (reason,) = flags["TPC 2"]["reasons"]
+    assert reason.startswith("lifetime_ms in TPC 2 is ")
+    assert reason.endswith(" ms, below the limit 1.5 ms (lifetime).")
+
+
+def test_flags_carry_the_check_files_versions(catalog: Catalog) -> None:
+    checks = load_checks()
+    run_flag = _flags(catalog, 101)["run"]
+    assert run_flag["versions"] == (
+        f"purity {checks['purity'].version}, tpc_monitor {checks['tpc_monitor'].version}"
+    )
+    assert {c["version"] for c in catalog.dq_checks(101) if c["payload"] == "purity"} == {
+        checks["purity"].version
+    }
+
+
+def test_a_changed_limit_and_recheck_change_flags_without_a_payload_run(
+    catalog: Catalog, tmp_path: Path
+) -> None:
+    folder = tmp_path / "checks"
+    shutil.copytree(load_checks()["purity"].path.parent, folder)
+    purity = folder / "purity.yaml"
+    text = purity.read_text()
+    purity.write_text(
+        text.replace("version: 1", "version: 2")
+        .replace("good: [2.0, null]", "good: [0.5, null]")
+        .replace("medium: [1.5, null]", "medium: [0.5, null]")  # fmt: skip
+    )
+    results_before = catalog.results(run=104)
+    report = recheck(catalog, run=104, checks=load_checks(folder))
+    assert report.changes[(104, "TPC 2")] == ("bad", "good")
+    assert report.changes[(104, "run")] == ("bad", "good")
+    assert _flags(catalog, 104)["TPC 2"]["versions"].startswith("purity v2-")
+    # No payload ran: the results (and their flow run ids, times) are those of before.
+    assert catalog.results(run=104) == results_before
+    # Back to the packaged limits: bad again.
+    report = recheck(catalog, run=104)
+    assert report.changes[(104, "TPC 2")] == ("good", "bad")
