@@ -8,6 +8,7 @@ the packaged ones (p3s/dqm/checks).
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -120,3 +121,60 @@ def test_a_changed_limit_and_recheck_change_flags_without_a_payload_run(
     # Back to the packaged limits: bad again.
     report = recheck(catalog, run=104)
     assert report.changes[(104, "TPC 2")] == ("good", "bad")
+
+
+def test_reference_set_list_unset_on_the_command_line(catalog: Catalog) -> None:
+    from typer.testing import CliRunner
+
+    from p3s.cli import app
+
+    runner = CliRunner()
+    url = catalog.url
+    done = runner.invoke(app, ["dqm", "reference", "set", "101", "-p", "purity", "--catalog", url])
+    assert done.exit_code == 0, done.output
+    listed = runner.invoke(app, ["dqm", "reference", "list", "--json", "--catalog", url])
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert rows == [{"payload": "*", "run": 100}, {"payload": "purity", "run": 101}]
+    assert catalog.reference_run("purity") == 101
+    assert catalog.reference_run("tpc_monitor") == 100
+    refused = runner.invoke(app, ["dqm", "reference", "set", "999", "--catalog", url])
+    assert refused.exit_code == 1
+    assert "run 999 has no completed result of any payload" in refused.output
+    wrong = runner.invoke(app, ["dqm", "reference", "set", "100", "-p", "tpc", "--catalog", url])
+    assert wrong.exit_code == 2
+    assert "'tpc' is not a DQM payload" in wrong.output
+    done = runner.invoke(app, ["dqm", "reference", "unset", "-p", "purity", "--catalog", url])
+    assert done.exit_code == 0, done.output
+    assert catalog.references() == {"*": 100}
+
+
+def test_recheck_on_the_command_line_after_a_changed_limit(
+    catalog: Catalog, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from p3s.cli import app
+
+    folder = tmp_path / "checks"
+    shutil.copytree(load_checks()["tpc_monitor"].path.parent, folder)
+    tpc = folder / "tpc_monitor.yaml"
+    tpc.write_text(tpc.read_text().replace("good: [0.0, 2.0]\n    medium: [0.0, 5.0]", "good: [0.0, 10.0]\n    medium: [0.0, 20.0]"))  # noqa: E501 # fmt: skip
+    runner = CliRunner()
+    results_before = catalog.results(run=102)
+    args = ["dqm", "recheck", "--run", "102", "--json", "--checks", str(folder)]
+    done = runner.invoke(app, [*args, "--catalog", catalog.url], env={"PREFECT_API_URL": ""})
+    assert done.exit_code == 0, done.output
+    report = json.loads(done.stdout)
+    assert report["evaluated"] == 2
+    assert {"run": 102, "area": "APA 1", "before": "bad", "after": "good"} in report["changed"]
+    assert _flags(catalog, 102)["APA 1"]["quality"] == "good"
+    assert catalog.results(run=102) == results_before
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "purity.yaml").write_text("payload: purity\nversion: 1\nchecks:\n  - name: x\n")
+    refused = runner.invoke(app, ["dqm", "recheck", "--checks", str(bad), "--catalog", catalog.url])
+    assert refused.exit_code == 1
+    assert "purity.yaml, line 4 (x): field good is missing" in refused.output.replace("\n", "")
+    done = runner.invoke(app, ["dqm", "recheck", "--since", "2018-01-01", "--catalog", catalog.url])
+    assert done.exit_code == 0, done.output
+    assert _flags(catalog, 102)["APA 1"]["quality"] == "bad"
