@@ -21,6 +21,7 @@ from typing import Any
 from p3s.payloads.rawformat import RawFormatError, parse_filename
 from p3s.tasks.analyse import analyse
 from p3s.tasks.publish import emit_finished, emit_values, publish_artifacts, record_result
+from p3s.tasks.quality import evaluate_quality
 from p3s.tasks.stage import stage_in, stage_out
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
@@ -96,6 +97,7 @@ def run_dqm(payload: str, file_url: str, n_events: int | None) -> State[Any]:
         file_size=size,
         file_adler32=checksum,
     )
+    evaluate_quality(payload, file_name=raw.name)
     publish_artifacts(
         payload,
         file_name=raw.name,
