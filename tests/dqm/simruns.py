@@ -32,6 +32,8 @@ def simulate_run(
     coherent_lines: Mapping[int, Sequence[float]] | None = None,
     extra_noisy: Mapping[int, int] | None = None,
     n_events: int = 3,
+    n_ticks: int = 3000,
+    geometry: Geometry = GEOMETRY,
 ) -> Path:
     """Write run ``run`` subrun 1: no coherent line unless given, ~0.5% dead and noisy."""
     path = folder / "raw" / raw_filename(run, 1)
@@ -41,8 +43,8 @@ def simulate_run(
         run=run,
         subrun=1,
         n_events=n_events,
-        n_ticks=3000,
-        geometry=GEOMETRY,
+        n_ticks=n_ticks,
+        geometry=geometry,
         seed=run if seed is None else seed,
         lifetimes_ms=lifetimes_ms,
         coherent_lines=coherent_lines or {},
