@@ -60,6 +60,9 @@ TESTS = ("chi2", "ks", "peaks")
 TEST_UNITS = {"chi2": "p-value", "ks": "KS distance", "peaks": "dB"}
 PEAK_WINDOW_BINS = 31
 """Width of the running median a spectrum's narrow peaks are measured against [bins]."""
+PEAK_SMOOTH_BINS = 5
+"""Width of the running mean a spectrum is smoothed with first [bins]: a fiber's mean
+spectrum is dominated by its few noisy channels, so single bins fluctuate by several dB."""
 QUALITIES = ("good", "medium", "bad")
 _CHECK_KEYS = {
     "name",
@@ -334,13 +337,13 @@ def ks_distance(contents: np.ndarray, reference: np.ndarray) -> float:
 def peak_excess_db(spectrum: np.ndarray, reference: np.ndarray) -> float:
     """How far a spectrum's narrow peaks stand above the reference's, in dB.
 
-    Each spectrum (1-D, any power unit such as ADC^2/Hz; the DC bin is left out) is taken in
-    dB over its own running median of :data:`PEAK_WINDOW_BINS` bins, which removes its level
-    and broad shape (noise shaping, track signal); the result is the largest difference of
-    the two over the bins: about 2-4 dB between clean runs, 15 dB and more for a new coherent
-    line of a few ADC.
+    Each spectrum (1-D, any power unit such as ADC^2/Hz; the DC bin is left out) is smoothed
+    over :data:`PEAK_SMOOTH_BINS` bins and taken in dB over its own running median of
+    :data:`PEAK_WINDOW_BINS` bins, which removes its level and broad shape (noise shaping,
+    track signal); the result is the largest difference of the two over the bins: 1-4 dB
+    between clean simulated runs, 11 dB and more for a new coherent line of 2-4 ADC.
     """
-    from scipy.ndimage import median_filter
+    from scipy.ndimage import median_filter, uniform_filter1d
 
     a, b = np.asarray(spectrum, float).ravel(), np.asarray(reference, float).ravel()
     if a.shape != b.shape:
@@ -349,7 +352,8 @@ def peak_excess_db(spectrum: np.ndarray, reference: np.ndarray) -> float:
         return 0.0
 
     def excess(x: np.ndarray) -> np.ndarray:
-        level = 10 * np.log10(np.maximum(np.nan_to_num(x[1:]), 1e-30))
+        smooth = uniform_filter1d(np.nan_to_num(x[1:]), PEAK_SMOOTH_BINS, mode="nearest")
+        level = 10 * np.log10(np.maximum(smooth, 1e-30))
         return level - median_filter(level, size=PEAK_WINDOW_BINS, mode="nearest")
 
     return float(np.max(excess(a) - excess(b)))

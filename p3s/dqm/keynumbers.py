@@ -16,7 +16,7 @@ tpc_monitor    coherent_lines (lines)           fiber with lines (of an APA)
 tpc_monitor    coherent_lines_total (lines)     APA
 purity         lifetime_ms (ms), error_ms       TPC
                (ms), tracks (tracks),
-               signal_to_noise (ratio)
+               signal_to_noise (times the noise)
 beam           particles, particles_e, ...      beam
                (particles), momentum_mean_gev
                (GeV/c), tof ...
@@ -130,7 +130,7 @@ def _purity(summary: Mapping[str, Any]) -> Iterator[KeyNumber]:
         yield KeyNumber("purity", "tracks", _number(row.get("count")), "tracks", tpc=tpc)
         if "signal_to_noise" in row:
             yield KeyNumber("purity", "signal_to_noise", _number(row.get("signal_to_noise")),
-                            "ratio", tpc=tpc)  # fmt: skip
+                            "times the noise", tpc=tpc)  # fmt: skip
 
 
 _BEAM_SCALARS = {

@@ -97,6 +97,6 @@ def test_histogram_statistics_tell_same_shapes_from_different_ones() -> None:
     assert ks_distance(a, b) < 0.05 < ks_distance(a, c)
     spectrum = 1.0 / (1 + np.arange(1000) / 100.0) * rng.uniform(0.9, 1.1, 1000)
     line = spectrum.copy()
-    line[300] *= 50
+    line[300:302] *= 100
     assert peak_excess_db(spectrum, spectrum) == 0.0
-    assert peak_excess_db(line, spectrum) > 15
+    assert peak_excess_db(line, spectrum) > 12

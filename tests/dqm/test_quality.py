@@ -51,6 +51,18 @@ def test_clean_runs_are_good_in_every_area(catalog: Catalog) -> None:
         assert {area: f["quality"] for area, f in flags.items() if f["quality"] != "good"} == {}
 
 
+def test_purity_measures_a_signal_to_noise_per_tpc_and_checks_it(catalog: Catalog) -> None:
+    checks = [c for c in catalog.dq_checks(101) if c["check"] == "signal-to-noise"]
+    assert sorted(c["place"] for c in checks) == ["TPC 1", "TPC 2"]
+    for check in checks:
+        assert check["quality"] == "good", check["reason"]
+        assert 20 < check["value"] < 1000
+        assert check["unit"] == "times the noise"
+        assert check["reason"].endswith(
+            " times the noise, at least 20 times the noise (signal-to-noise)."
+        )
+
+
 def test_extra_noisy_channels_flag_their_apa_bad_naming_value_limit_and_unit(
     catalog: Catalog,
 ) -> None:
@@ -71,7 +83,7 @@ def test_a_coherent_line_in_one_fiber_flags_its_apa_bad(catalog: Catalog) -> Non
     # The reference comparison of the same fiber's profiled FFT sees the line too.
     assert any(
         r.startswith("apa1/fiber021/profiled_fft against reference run 100 is ")
-        and "above the limit 10 dB" in r
+        and "above the limit 9 dB" in r
         for r in reasons
     )
     bad_places = {c["place"] for c in catalog.dq_checks(103, worse_than_good=True)}
