@@ -22,6 +22,9 @@ from matplotlib.ticker import MaxNLocator
 _CACHE: OrderedDict[str, bytes] = OrderedDict()
 _LOCK = threading.Lock()
 _CACHE_SIZE = 256
+#: Drawing is serialised: matplotlib's mathtext parser (log-axis tick labels) is not
+#: thread-safe, and the app renders plots in a thread pool.
+_DRAW_LOCK = threading.Lock()
 
 
 def cached_png(kind: str, data: object, draw: Callable[[], Figure]) -> bytes:
@@ -31,7 +34,8 @@ def cached_png(kind: str, data: object, draw: Callable[[], Figure]) -> bytes:
         if key in _CACHE:
             _CACHE.move_to_end(key)
             return _CACHE[key]
-    png = _png(draw())
+    with _DRAW_LOCK:
+        png = _png(draw())
     with _LOCK:
         _CACHE[key] = png
         while len(_CACHE) > _CACHE_SIZE:

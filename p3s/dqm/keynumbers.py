@@ -145,14 +145,19 @@ _BEAM_SCALARS = {
 }
 
 
+def _name(label: str) -> str:
+    """A particle label as part of a quantity name: ``pi/mu`` -> ``pi_mu``."""
+    return "".join(c if c.isalnum() else "_" for c in str(label))
+
+
 def _beam(summary: Mapping[str, Any]) -> Iterator[KeyNumber]:
     for key, (quantity, unit) in _BEAM_SCALARS.items():
         if key in summary:
             yield KeyNumber("beam", quantity, _number(summary[key]), unit)
     for pid, count in sorted(summary.get("pid_counts", {}).items()):
-        yield KeyNumber("beam", f"particles_{pid}", _number(count), "particles")
+        yield KeyNumber("beam", f"particles_{_name(pid)}", _number(count), "particles")
     for pid, tof in sorted(summary.get("tof_mean_ns_by_pid", {}).items()):
-        yield KeyNumber("beam", f"tof_mean_ns_{pid}", _number(tof), "ns")
+        yield KeyNumber("beam", f"tof_mean_ns_{_name(pid)}", _number(tof), "ns")
 
 
 def _evdisplay(summary: Mapping[str, Any]) -> Iterator[KeyNumber]:
