@@ -262,7 +262,20 @@ def create_app(settings: Settings) -> FastAPI:
     ) -> Response:
         found = content.purity_page(run, page_no, settings.ui.page_size)
         tpcs = content.purity_tpcs(run)
-        return page(request, "purity.html", p=found, run=run, tpcs=tpcs, label=content.tpc_label)
+        overlays = []
+        if run is not None and content.subruns(run, "purity"):
+            subrun = content.subruns(run, "purity")[-1]
+            overlays = [(subrun, h) for h in content.overlay_keys(run, subrun, "purity")]
+        return page(
+            request,
+            "purity.html",
+            p=found,
+            run=run,
+            tpcs=tpcs,
+            label=content.tpc_label,
+            overlays=overlays,
+            reference=_reference("purity"),
+        )
 
     @app.get("/api/purity.json")
     def purity_json(run: int | None = None, page_no: int = Query(1, alias="page")) -> JSONResponse:

@@ -149,14 +149,20 @@ async def fired_alarms(api: PrefectApi, at: datetime) -> list[dict[str, Any]]:
         {
             "occurred": e["occurred"],
             "alarm": (e.get("resource") or {}).get("prefect.resource.name", ""),
-            "text": ", ".join(
-                r.get("prefect.resource.name", "")
-                for r in e.get("related", [])
-                if r.get("prefect.resource.name")
-            ),  # fmt: skip
+            "text": _what_fired(e.get("payload") or {}),
         }
         for e in events
     ]
+
+
+def _what_fired(payload: dict[str, Any]) -> str:
+    """The resource an alarm fired for: the triggering event's name, else its labels."""
+    event = payload.get("triggering_event") or {}
+    resource = event.get("resource") or {}
+    name = resource.get("prefect.resource.name") or resource.get("prefect.resource.id", "")
+    if name:
+        return f"{event.get('event', '')}: {name}".strip(": ")
+    return ", ".join(f"{v}" for v in (payload.get("triggering_labels") or {}).values())
 
 
 async def build_landing(
