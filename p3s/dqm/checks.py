@@ -442,8 +442,9 @@ def place_of_histogram(payload: str, key: str) -> tuple[str, str]:
     return area, " ".join(words)
 
 
-HistogramSource = Callable[[], Mapping[str, np.ndarray]]
-"""Lazily read histograms: path -> bin contents (1-D or 2-D ``numpy.ndarray``)."""
+HistogramSource = Callable[[Sequence[str]], Mapping[str, np.ndarray]]
+"""Lazily read histograms whose paths match any of some glob patterns: path -> bin contents
+(1-D or 2-D ``numpy.ndarray``)."""
 
 
 @dataclass
@@ -466,19 +467,22 @@ class Outputs:
     product: str = ""
     _cache: dict[str, Mapping[str, np.ndarray]] = field(default_factory=dict)
 
-    def read(self, which: str) -> Mapping[str, np.ndarray] | None:
+    def read(self, which: str, patterns: Sequence[str]) -> Mapping[str, np.ndarray] | None:
+        """The histograms of the run (``own``) or of the reference (``ref``) that match
+        ``patterns``: all the histogram checks' patterns are read at the first call."""
         source = self.histograms if which == "own" else self.reference
         if source is None:
             return None
         if which not in self._cache:
-            self._cache[which] = source()
+            self._cache[which] = source(patterns)
         return self._cache[which]
 
 
 def _histogram_results(
     checks: CheckFile, check: HistogramCheck, outputs: Outputs
 ) -> list[CheckResult]:
-    own, ref = outputs.read("own"), outputs.read("ref")
+    patterns = [c.pattern for c in checks.checks if isinstance(c, HistogramCheck)]
+    own, ref = outputs.read("own", patterns), outputs.read("ref", patterns)
     if own is None or ref is None:
         return []  # nothing to compare with: no reference run set (or no ROOT product)
     unit = TEST_UNITS[check.test]
@@ -551,14 +555,17 @@ def evaluate(checks: CheckFile, outputs: Outputs) -> list[CheckResult]:
     return results
 
 
-def read_root_histograms(source: Any) -> dict[str, np.ndarray]:
-    """path -> bin contents of every histogram in a ROOT file (a path or an open file object)."""
+def read_root_histograms(source: Any, patterns: Sequence[str] = ("*",)) -> dict[str, np.ndarray]:
+    """path -> bin contents of the histograms of a ROOT file (a path or an open file object)
+    whose paths match any of the glob ``patterns`` (the others are not read)."""
     import uproot
 
     out: dict[str, np.ndarray] = {}
     with uproot.open(source) as root:
         for key, classname in root.classnames(cycle=False).items():
-            if classname.startswith(("TH1", "TH2", "TH3", "TProfile")):
+            if not classname.startswith(("TH1", "TH2", "TH3", "TProfile")):
+                continue
+            if any(fnmatch.fnmatchcase(key, p) for p in patterns):
                 out[key] = np.asarray(root[key].values(flow=False))
     return out
 

@@ -11,7 +11,7 @@ limit or of a reference run), without running any payload.
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -35,16 +35,16 @@ def root_product_url(catalog: Catalog, run: int, payload: str, file_name: str | 
 def _reader(url: str):
     """A lazy reader of every histogram of the ROOT file at ``url`` (local or remote)."""
 
-    def read() -> Mapping[str, np.ndarray]:
+    def read(patterns: Sequence[str]) -> Mapping[str, np.ndarray]:
         from fsspec.implementations.local import LocalFileSystem
 
         from p3s.storage import filesystem
 
         fs, path = filesystem(url)
         if isinstance(fs, LocalFileSystem):
-            return read_root_histograms(path)
+            return read_root_histograms(path, patterns)
         with fs.open(path, "rb") as handle:
-            return read_root_histograms(io.BytesIO(handle.read()))
+            return read_root_histograms(io.BytesIO(handle.read()), patterns)
 
     return read
 
