@@ -11,6 +11,7 @@ limit or of a reference run), without running any payload.
 from __future__ import annotations
 
 import io
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,12 +25,45 @@ from p3s.dqm.checks import CheckFile, Outputs, evaluate, load_checks, read_root_
 __all__ = ["RecheckReport", "evaluate_file", "recheck", "root_product_url"]
 
 
-def root_product_url(catalog: Catalog, run: int, payload: str, file_name: str | None = None):
-    """URL of the ``<payload>.root`` product of ``file_name`` (else the run's first subrun)."""
+def _root_product(
+    catalog: Catalog, run: int, payload: str, file_name: str | None = None
+) -> dict[str, Any] | None:
     for product in catalog.products(run, payload):
         if product["name"] == f"{payload}.root" and file_name in (None, product["file"]):
-            return str(product["url"])
+            return product
     return None
+
+
+def root_product_url(
+    catalog: Catalog, run: int, payload: str, file_name: str | None = None
+) -> str | None:
+    """URL of the ``<payload>.root`` product of ``file_name`` (else the run's first subrun)."""
+    product = _root_product(catalog, run, payload, file_name)
+    return str(product["url"]) if product else None
+
+
+_LOCK = threading.Lock()
+_REFERENCES: dict[tuple[str, str, tuple[str, ...]], Mapping[str, np.ndarray]] = {}
+"""The reference runs' histograms read lately, by URL, sha256 and patterns: every run of a
+shift compares with the same reference, whose ROOT file is then read once per process."""
+
+
+def _cached(url: str, sha256: str):
+    read = _reader(url)
+
+    def cached(patterns: Sequence[str]) -> Mapping[str, np.ndarray]:
+        key = (url, sha256, tuple(patterns))
+        with _LOCK:
+            found = _REFERENCES.get(key)
+        if found is None:
+            found = read(patterns)
+            with _LOCK:
+                while len(_REFERENCES) >= 8:
+                    _REFERENCES.pop(next(iter(_REFERENCES)))
+                _REFERENCES[key] = found
+        return found
+
+    return cached
 
 
 def _reader(url: str):
@@ -70,11 +104,11 @@ def evaluate_file(
     result = results[0]
     own = root_product_url(catalog, result["run"], payload, file_name)
     ref_run = catalog.reference_run(payload)
-    ref = root_product_url(catalog, ref_run, payload) if ref_run is not None else None
+    ref = _root_product(catalog, ref_run, payload) if ref_run is not None else None
     outputs = Outputs(
         summary=result["summary"] or {},
         histograms=_reader(own) if own else None,
-        reference=_reader(ref) if ref else None,
+        reference=_cached(str(ref["url"]), str(ref["sha256"])) if ref else None,
         reference_run=ref_run if ref else None,
         product=f"{payload}.root",
     )
