@@ -174,3 +174,20 @@ def test_trends_page_shows_every_run_and_every_key_number(
     assert set(GOOD_RUNS) | {BAD} <= set(apa1)
     assert apa1[BAD] > 10 > max(apa1[r] for r in GOOD_RUNS)
     assert data["quality"]["areas"]["run"][data["quality"]["runs"].index(BAD)] == "bad"
+
+
+def test_a_runs_quality_page_lists_its_flags_and_every_check(
+    site: Site, runs: Catalog, browser: Any
+) -> None:
+    open_page(browser, f"{site.url}/quality/{BAD}", "quality-run")
+    flags = {
+        row.find_elements(By.TAG_NAME, "td")[0].text: row.find_elements(By.TAG_NAME, "td")[1].text
+        for row in browser.find_elements(By.CSS_SELECTOR, "table#flags tr")
+        if row.find_elements(By.TAG_NAME, "td")
+    }
+    assert flags == {f["area"]: f["quality"] for f in runs.dq_flags(BAD)}
+    assert flags["APA 1"] == "bad" and flags["APA 0"] == "good"
+    checks = browser.find_elements(By.CSS_SELECTOR, "table#checks tr td:last-child")
+    assert len(checks) == len(runs.dq_checks(BAD))
+    assert any("above the limit 5 % (noisy-fraction)" in c.text for c in checks)
+    assert httpx.get(f"{site.url}/quality/99999", timeout=30).status_code == 404
