@@ -74,9 +74,9 @@ def tree_cpu(roots: dict[str, int]) -> dict[str, float]:
     return found
 
 
-def process_cpu(roots: dict[str, int]) -> dict[tuple[int, str], float]:
-    """CPU seconds of each live process of the trees, its reaped children's included, by
-    (pid, command line): where the time goes (``--detail``)."""
+def process_cpu(roots: dict[str, int]) -> dict[tuple[int, str], tuple[float, ...]]:
+    """CPU seconds (user, system, reaped children's user, their system) of each live process
+    of the trees, by (pid, command line): where the time goes (``--detail``)."""
     import psutil
 
     found = {}
@@ -92,7 +92,7 @@ def process_cpu(roots: dict[str, int]) -> dict[tuple[int, str], float]:
                 cmd = " ".join(proc.cmdline())[-90:]
             except psutil.NoSuchProcess:
                 continue
-            found[(proc.pid, cmd)] = t.user + t.system + t.children_user + t.children_system
+            found[(proc.pid, cmd)] = (t.user, t.system, t.children_user, t.children_system)
     return found
 
 
@@ -202,9 +202,15 @@ def main() -> None:
     for name, cpu in sorted(by_service.items()):
         print(f"  {name}: {cpu / n_ended:.2f} CPU-s per file")
     if args.detail:
-        deltas = {k: v - detail_before.get(k, 0.0) for k, v in detail_after.items()}
-        for (pid, cmd), cpu in sorted(deltas.items(), key=lambda kv: -kv[1])[:12]:
-            print(f"    {cpu / n_ended:6.2f} CPU-s per file  pid {pid}  {cmd}")
+        zero = (0.0, 0.0, 0.0, 0.0)
+        deltas = {
+            k: [a - b for a, b in zip(v, detail_before.get(k, zero), strict=True)]
+            for k, v in detail_after.items()
+        }
+        print("    CPU-s per file: total (user, system; reaped children's user, system)")
+        for (pid, cmd), cpu in sorted(deltas.items(), key=lambda kv: -sum(kv[1]))[:12]:
+            parts = ", ".join(f"{c / n_ended:.2f}" for c in cpu)
+            print(f"    {sum(cpu) / n_ended:6.2f} ({parts})  pid {pid}  {cmd}")
     print(
         f"CPU per file: everything {everything:.2f} s, payloads alone {cpu_per_file:.2f} s, "
         f"orchestration {orchestration:.2f} s = {orchestration / cpu_per_file:.2f}x the payloads'"

@@ -57,6 +57,13 @@ BENCHES = (
         "TPC monitor payload per full event against bare numpy",
     ),
     Bench(
+        "dq_checks",
+        (),
+        ("--apas", "1", "--events", "1", "--repeat", "1"),
+        900,
+        "data-quality checks of one file against the payloads on the same file",
+    ),
+    Bench(
         "dag",
         (),
         ("--nodes", "100"),

@@ -28,6 +28,7 @@ from typing import Any
 from p3s.payloads.rawformat import RawFormatError, parse_filename
 from p3s.tasks.analyse import analyse
 from p3s.tasks.publish import emit_finished, emit_values, publish_artifacts, record_result
+from p3s.tasks.quality import evaluate_quality
 from p3s.tasks.replicate import replicate_outputs
 from p3s.tasks.settle import settle_file
 from p3s.tasks.stage import stage_in, stage_out
@@ -122,6 +123,7 @@ def run_dqm(
         file_size=staged.size,
         file_adler32=staged.adler32,
     )
+    evaluate_quality(payload, file_name=raw.name)
     publish_artifacts(
         payload,
         file_name=raw.name,

@@ -15,7 +15,13 @@ dqm_results    file x payload: outcome, reason, flow run id, start and end times
 purity         file x TPC: run, timestamp, lifetime (ms), error (ms), track count
 channel_status file x APA x plane: channels, dead, noisy, mean RMS and pedestal (ADC)
 products       file x payload x product: URL, size (bytes), sha256, adler32
+dq_checks      file x payload x check x place: quality, value, unit, limit, reason, version
+dq_flags       run x area ("APA 1", "TPC 2", "beam", "run"): worst quality, checks' versions
+dq_references  payload ("*" for every payload): the reference run
 ============== ==================================================================
+
+The data-quality tables are written by :mod:`p3s.dqm` (checks of ``p3s/dqm/checks``); a run's
+flags are the worst of its checks' qualities per area (APA, TPC, beam) and over the run.
 """
 
 from __future__ import annotations
@@ -54,10 +60,15 @@ __all__ = [
     "Catalog",
     "ChannelStatus",
     "DqmResult",
+    "DqCheck",
+    "DqFlag",
+    "DqReference",
     "File",
+    "FlagChange",
     "Product",
     "ProductInfo",
     "Purity",
+    "QUALITIES",
     "Run",
     "file_checksums",
     "open_catalog",
@@ -67,6 +78,10 @@ __all__ = [
 T = TypeVar("T")
 OUTCOMES = ("completed", "failed", "corrupt")
 """What a DQM flow run can report for its file."""
+QUALITIES = ("good", "medium", "bad")
+"""Data-quality levels, best first."""
+ANY_PAYLOAD = "*"
+"""The payload name of a reference run set for every payload."""
 
 
 def _now() -> datetime:
@@ -156,6 +171,61 @@ class Product(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     adler32: Mapped[str] = mapped_column(String(8))
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class DqCheck(Base):
+    __tablename__ = "dq_checks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    file_id: Mapped[int] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"))
+    run: Mapped[int] = mapped_column(Integer, index=True)
+    payload: Mapped[str] = mapped_column(String(32))
+    check: Mapped[str] = mapped_column(String(64))
+    area: Mapped[str] = mapped_column(String(32))
+    place: Mapped[str] = mapped_column(String(64))
+    quality: Mapped[str] = mapped_column(String(8))
+    value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    unit: Mapped[str] = mapped_column(String(32), default="")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    product: Mapped[str] = mapped_column(String(255), default="")
+    reference_run: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    counts: Mapped[int] = mapped_column(Integer, default=1)
+    version: Mapped[str] = mapped_column(String(64))
+    evaluated: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class DqFlag(Base):
+    __tablename__ = "dq_flags"
+    __table_args__ = (UniqueConstraint("run", "area"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run: Mapped[int] = mapped_column(ForeignKey("runs.run"), index=True)
+    area: Mapped[str] = mapped_column(String(32))
+    quality: Mapped[str] = mapped_column(String(8))
+    n_medium: Mapped[int] = mapped_column(Integer, default=0)
+    n_bad: Mapped[int] = mapped_column(Integer, default=0)
+    reasons: Mapped[list[str]] = mapped_column(JSON, default=list)
+    versions: Mapped[str] = mapped_column(Text, default="")
+    updated: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class DqReference(Base):
+    __tablename__ = "dq_references"
+
+    payload: Mapped[str] = mapped_column(String(32), primary_key=True)
+    run: Mapped[int] = mapped_column(Integer)
+    set_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+@dataclass(frozen=True)
+class FlagChange:
+    """A run's flag in one area after a re-evaluation, beside what it was (None: new)."""
+
+    run: int
+    area: str
+    quality: str
+    before: str | None
+    reasons: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -519,6 +589,197 @@ class Catalog:
                 query = query.where(Product.payload == payload)
             rows = session.execute(query.order_by(File.subrun, Product.payload, Product.name)).all()
         return [{**_row(p), "file": name, "subrun": subrun} for p, name, subrun in rows]
+
+    # -- data quality -------------------------------------------------------------------------
+
+    def completed(
+        self,
+        *,
+        run: int | None = None,
+        payload: str | None = None,
+        since: datetime | None = None,
+        file_name: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Completed DQM results (file, run, subrun, payload, summary, finished), by run."""
+        with self.session() as session:
+            query = (
+                select(DqmResult, File.name, File.run, File.subrun)
+                .join(File, File.id == DqmResult.file_id)
+                .where(DqmResult.outcome == "completed")
+            )
+            if run is not None:
+                query = query.where(File.run == run)
+            if payload is not None:
+                query = query.where(DqmResult.payload == payload)
+            if since is not None:
+                query = query.where(DqmResult.finished >= since)
+            if file_name is not None:
+                query = query.where(File.name == file_name)
+            rows = session.execute(query.order_by(File.run, File.subrun, DqmResult.payload)).all()
+        return [
+            {"file": name, "run": r, "subrun": sub, **_row(result)} for result, name, r, sub in rows
+        ]
+
+    def record_checks(
+        self, file_name: str, payload: str, rows: Iterable[Mapping[str, Any]]
+    ) -> list[FlagChange]:
+        """Replace the check results of one file and payload; recompute its run's flags.
+
+        Args:
+            rows: check results with ``check``, ``area``, ``place``, ``quality`` (one of
+                :data:`QUALITIES`), ``value``, ``unit``, ``reason``, ``version`` and optionally
+                ``product``, ``reference_run`` and ``counts`` (False: shown, not flagged).
+
+        Returns:
+            The run's flags per area and over the run, each beside its earlier quality.
+
+        Raises:
+            ValueError: a quality is not one of :data:`QUALITIES`; the file is not recorded.
+        """
+        rows = [dict(r) for r in rows]
+        for row in rows:
+            if row["quality"] not in QUALITIES:
+                raise ValueError(f"quality {row['quality']!r} is not one of {QUALITIES}")
+        return _retrying(lambda: self._record_checks(file_name, payload, rows))
+
+    def _record_checks(
+        self, file_name: str, payload: str, rows: list[dict[str, Any]]
+    ) -> list[FlagChange]:
+        with self.session() as session:
+            file = session.scalars(select(File).where(File.name == file_name)).one_or_none()
+            if file is None:
+                raise ValueError(f"file {file_name!r} is not in the DQM catalog")
+            session.execute(
+                delete(DqCheck).where(DqCheck.file_id == file.id, DqCheck.payload == payload)
+            )
+            now = _now()
+            for row in rows:
+                session.add(
+                    DqCheck(
+                        file_id=file.id,
+                        run=file.run,
+                        payload=payload,
+                        check=row["check"],
+                        area=row["area"],
+                        place=row.get("place", ""),
+                        quality=row["quality"],
+                        value=_float(row.get("value")),
+                        unit=row.get("unit", ""),
+                        reason=row.get("reason", ""),
+                        product=row.get("product", ""),
+                        reference_run=row.get("reference_run"),
+                        counts=1 if row.get("counts", True) else 0,
+                        version=row["version"],
+                        evaluated=now,
+                    )
+                )
+            session.flush()
+            return self._update_flags(session, file.run)
+
+    def _update_flags(self, session: Session, run: int) -> list[FlagChange]:
+        checks = session.scalars(select(DqCheck).where(DqCheck.run == run)).all()
+        old = {f.area: f for f in session.scalars(select(DqFlag).where(DqFlag.run == run))}
+        areas: dict[str, list[DqCheck]] = {}
+        for check in checks:
+            if check.counts:
+                areas.setdefault(check.area, []).append(check)
+                areas.setdefault("run", []).append(check)
+        changes = []
+        for area, members in sorted(areas.items()):
+            worst = max(members, key=lambda c: QUALITIES.index(c.quality)).quality
+            failing = [c for c in members if c.quality != "good"]
+            failing.sort(key=lambda c: -QUALITIES.index(c.quality))
+            flag = old.pop(area, None)
+            before = flag.quality if flag is not None else None
+            if flag is None:
+                flag = DqFlag(run=run, area=area)
+                session.add(flag)
+            flag.quality = worst
+            flag.n_medium = sum(c.quality == "medium" for c in members)
+            flag.n_bad = sum(c.quality == "bad" for c in members)
+            flag.reasons = list(dict.fromkeys(c.reason for c in failing))
+            flag.versions = ", ".join(sorted({f"{c.payload} {c.version}" for c in members}))
+            flag.updated = _now()
+            changes.append(FlagChange(run, area, worst, before, tuple(flag.reasons)))
+        for stale in old.values():
+            session.delete(stale)
+        return changes
+
+    def dq_checks(
+        self, run: int | None = None, *, worse_than_good: bool = False
+    ) -> list[dict[str, Any]]:
+        """Check results (newest run first), optionally only the medium and bad ones."""
+        with self.session() as session:
+            query = select(DqCheck, File.name, File.subrun).join(File, File.id == DqCheck.file_id)
+            if run is not None:
+                query = query.where(DqCheck.run == run)
+            if worse_than_good:
+                query = query.where(DqCheck.quality != "good")
+            rows = session.execute(
+                query.order_by(DqCheck.run.desc(), File.subrun, DqCheck.payload, DqCheck.id)
+            ).all()
+        return [
+            {**_row(c), "counts": bool(c.counts), "file": name, "subrun": sub}
+            for c, name, sub in rows
+        ]
+
+    def dq_flags(
+        self, run: int | None = None, *, worse_than_good: bool = False
+    ) -> list[dict[str, Any]]:
+        """Quality flags per run and area (``"run"`` is the whole run), newest run first."""
+        with self.session() as session:
+            query = select(DqFlag)
+            if run is not None:
+                query = query.where(DqFlag.run == run)
+            if worse_than_good:
+                query = query.where(DqFlag.quality != "good")
+            flags = session.scalars(query.order_by(DqFlag.run.desc(), DqFlag.area)).all()
+        return [_row(f, skip=("id",)) for f in flags]
+
+    def set_reference(self, run: int, payload: str = ANY_PAYLOAD) -> None:
+        """Make ``run`` the reference run of ``payload`` (``"*"``: of every payload).
+
+        Raises:
+            ValueError: the run has no completed result of that payload in the catalog.
+        """
+        with self.session() as session:
+            query = (
+                select(DqmResult.id)
+                .join(File, File.id == DqmResult.file_id)
+                .where(File.run == run, DqmResult.outcome == "completed")
+            )
+            if payload != ANY_PAYLOAD:
+                query = query.where(DqmResult.payload == payload)
+            if session.execute(query.limit(1)).first() is None:
+                what = "any payload" if payload == ANY_PAYLOAD else f"payload {payload}"
+                raise ValueError(
+                    f"run {run} has no completed result of {what} in the DQM catalog: "
+                    "choose a run that was processed"
+                )
+            ref = session.get(DqReference, payload)
+            if ref is None:
+                session.add(DqReference(payload=payload, run=run))
+            else:
+                ref.run, ref.set_at = run, _now()
+
+    def unset_reference(self, payload: str = ANY_PAYLOAD) -> bool:
+        """Forget the reference run of ``payload``; False if it had none."""
+        with self.session() as session:
+            ref = session.get(DqReference, payload)
+            if ref is None:
+                return False
+            session.delete(ref)
+            return True
+
+    def references(self) -> dict[str, int]:
+        """payload (or ``"*"``) -> reference run."""
+        with self.session() as session:
+            return {r.payload: r.run for r in session.scalars(select(DqReference))}
+
+    def reference_run(self, payload: str) -> int | None:
+        """The reference run of ``payload``: its own, else the one set for every payload."""
+        refs = self.references()
+        return refs.get(payload, refs.get(ANY_PAYLOAD))
 
 
 @lru_cache(maxsize=8)

@@ -339,6 +339,11 @@ class Settings(BaseSettings):
     catalog_url: str | None = Field(
         None, description="SQLAlchemy URL of the DQM catalog; None means SQLite under HOME."
     )
+    dqm_checks_dir: Path | None = Field(
+        None,
+        description="Folder of the data-quality check files (one PAYLOAD.yaml each); None means "
+        "the packaged p3s/dqm/checks.",
+    )
     kill_grace_seconds: float = Field(
         5.0, description="Time between SIGTERM and SIGKILL when a payload exceeds its limit (s)."
     )

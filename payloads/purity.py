@@ -46,6 +46,8 @@ __all__ = [
     "find_hits",
     "find_tracks",
     "fit_lifetime",
+    "most_probable",
+    "signal_to_noise",
     "track_charges",
 ]
 
@@ -600,7 +602,17 @@ def _event_tracks(raw: RawFile, i: int, layout: dict[int, _ApaRows], ticks_per_p
         rms = _noise_after_prep(x, dead)
         hits = find_hits(x, rms)
         wire = lay.wires[hits["row"]]
-        hit_records.append(pandas.DataFrame({"tpc": lay.tpc, "charge": hits["charge"]}))
+        width = np.maximum(hits["stop"] - hits["start"], 1)
+        hit_records.append(
+            pandas.DataFrame(
+                {
+                    "tpc": lay.tpc,
+                    "charge": hits["charge"],
+                    # Noise of a charge integrated over the hit's ticks [ADC x tick].
+                    "noise": rms[hits["row"]] * np.sqrt(width),
+                }
+            )
+        )
         tracks, label = find_tracks(
             wire, hits["tick"], ticks_per_pitch=ticks_per_pitch, min_span_ticks=min_span
         )
@@ -633,7 +645,52 @@ def _iso_utc(timestamp_ns: int) -> str:
     )
 
 
-def _fit_table(raw: RawFile, charges: pandas.DataFrame, tpcs: list[int], timestamp: str):
+def most_probable(values: np.ndarray, bins: int = 50) -> float:
+    """The most probable value of a sample (Landau-like: a peak and a long tail).
+
+    The peak of a histogram of the values up to their 95th percentile, refined as the
+    weighted mean of the peak bin and its neighbours; NaN for fewer than 10 values.
+
+    Args:
+        values: 1-D ``numpy.ndarray`` of floats (hit charges [ADC x tick], say).
+
+    Returns:
+        The most probable value, in the unit of ``values``.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if values.size < 10:
+        return float("nan")
+    counts, edges = np.histogram(values, bins=bins, range=(0.0, np.quantile(values, 0.95)))
+    counts = np.convolve(counts, np.ones(3) / 3, mode="same")
+    k = int(np.argmax(counts))
+    lo, hi = max(k - 1, 0), min(k + 2, counts.size)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    weights = counts[lo:hi]
+    return float(np.sum(centres[lo:hi] * weights) / max(np.sum(weights), 1e-12))
+
+
+def signal_to_noise(hits: pandas.DataFrame) -> float:
+    """Signal over noise of collection hits: the most probable hit charge over the median
+    noise of a charge integrated over a hit's ticks (the channel's noise RMS [ADC] times the
+    square root of the hit's width [ticks]); dimensionless, NaN without enough hits.
+
+    Args:
+        hits: one row per hit with ``charge`` and ``noise`` [ADC x tick].
+    """
+    if len(hits) < 10:
+        return float("nan")
+    noise = float(np.median(hits.noise.to_numpy()))
+    return most_probable(hits.charge.to_numpy()) / noise if noise > 0 else float("nan")
+
+
+def _fit_table(
+    raw: RawFile,
+    charges: pandas.DataFrame,
+    tpcs: list[int],
+    timestamp: str,
+    hits: pandas.DataFrame | None = None,
+):
     rows, fits = [], {}
     for tpc in tpcs:
         sub = charges[charges.tpc == tpc]
@@ -651,6 +708,9 @@ def _fit_table(raw: RawFile, charges: pandas.DataFrame, tpcs: list[int], timesta
                 "lifetime_ms": fit.lifetime_ms,
                 "error_ms": fit.error_ms,
                 "count": fit.n_tracks,
+                "signal_to_noise": (
+                    signal_to_noise(hits[hits.tpc == tpc]) if hits is not None else float("nan")
+                ),
             }
         )
     return pandas.DataFrame(rows), fits
@@ -721,9 +781,10 @@ def analyse(
     Returns:
         :class:`~p3s.payloads.products.PayloadResult` named ``"purity"``: table ``purity``
         (run, tpc, timestamp of the first event in ISO 8601 UTC, lifetime_ms, error_ms,
-        count = tracks used), table ``charges`` (one row per wire charge on a track), the same
-        purity rows in the summary, histograms ``tpc{n}/charge_vs_drift`` and
-        ``tpc{n}/hit_charge``, figures ``tpc{n}/dqdt``.
+        count = tracks used, signal_to_noise = most probable collection hit charge over the
+        noise of a hit's charge, see :func:`signal_to_noise`), table ``charges`` (one row per
+        wire charge on a track), the same purity rows in the summary, histograms
+        ``tpc{n}/charge_vs_drift`` and ``tpc{n}/hit_charge``, figures ``tpc{n}/dqdt``.
     """
     if not isinstance(raw, RawFile):
         with open_raw(raw) as opened:
@@ -745,7 +806,7 @@ def analyse(
     hits = pandas.concat(hit_records, ignore_index=True)
     tpcs = sorted(lay.tpc for lay in layout.values())
     timestamp = _iso_utc(raw.event_meta(0)[0])
-    table, fits = _fit_table(raw, charges, tpcs, timestamp)
+    table, fits = _fit_table(raw, charges, tpcs, timestamp, hits)
     t_max = raw.n_ticks * raw.tick_us * 1e-3
     figs = {}
     if figures:

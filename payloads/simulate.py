@@ -257,11 +257,30 @@ def _pick_channels(
     return mask
 
 
+def _extra_noisy(
+    rng: np.random.Generator, geometry: Geometry, extra: Mapping[int, int], exclude: np.ndarray
+) -> np.ndarray:
+    """A bool row mask of ``n`` more noisy channels in each APA of ``extra`` (APA -> n)."""
+    mask = np.zeros(geometry.n_channels, dtype=bool)
+    for apa, n in extra.items():
+        if int(apa) not in {int(a) for a in geometry.apas}:
+            raise ValueError(f"extra_noisy names APA {apa}, not in the geometry")
+        candidates = np.flatnonzero((geometry.apa == int(apa)) & ~exclude)
+        if not 0 <= int(n) <= candidates.size:
+            raise ValueError(
+                f"extra_noisy asks for {n} noisy channels in APA {apa}, which has "
+                f"{candidates.size} channels free"
+            )
+        mask[rng.choice(candidates, size=int(n), replace=False)] = True
+    return mask
+
+
 def _draw_channels(
     rng: np.random.Generator,
     geometry: Geometry,
     dead_channels: Sequence[int] | None,
     noisy_channels: Sequence[int] | None,
+    extra_noisy: Mapping[int, int] | None = None,
 ) -> _Channels:
     n = geometry.n_channels
     collection = geometry.plane == 2
@@ -275,6 +294,8 @@ def _draw_channels(
     )
     dead = _pick_channels(rng, geometry, dead_channels, np.zeros(n, bool), "dead")
     noisy = _pick_channels(rng, geometry, noisy_channels, dead, "noisy")
+    if extra_noisy:
+        noisy |= _extra_noisy(rng, geometry, extra_noisy, dead | noisy)
     if np.any(dead & noisy):
         raise ValueError("a channel cannot be both dead and noisy")
     rms = np.where(noisy, rms * rng.uniform(*NOISY_FACTOR, n), rms)
@@ -641,6 +662,7 @@ def simulate_file(
     dead_channels: Sequence[int] | None = None,
     noisy_channels: Sequence[int] | None = None,
     coherent_lines: Mapping[int, Sequence[float]] | None = None,
+    extra_noisy: Mapping[int, int] | None = None,
     tracks_per_event: int | None = None,
     beam: bool = True,
     pds: bool = True,
@@ -665,6 +687,8 @@ def simulate_file(
         dead_channels, noisy_channels: offline channel numbers; None picks ~0.5% at random.
         coherent_lines: fiber -> frequencies [kHz]; None picks a quarter of the fibers with
             1-2 lines in 20-500 kHz; ``{}`` for none.
+        extra_noisy: APA -> number of noisy channels added in that APA, chosen at random
+            among its live channels (beside ``noisy_channels``).
         tracks_per_event: cosmic tracks per event, spread over the APAs; None = 10 per full
             APA scaled by the fibers present, at least 4 per APA.
         beam: write beam-instrumentation data on beam triggers (trigger 1, ``beam_fraction``
@@ -683,7 +707,7 @@ def simulate_file(
     rng = np.random.default_rng(seed)
     geometry = Geometry.reduced() if geometry is None else geometry
     lifetimes = _lifetimes(geometry, lifetimes_ms)
-    channels = _draw_channels(rng, geometry, dead_channels, noisy_channels)
+    channels = _draw_channels(rng, geometry, dead_channels, noisy_channels, extra_noisy)
     lines, amps = _draw_coherent(rng, geometry, coherent_lines)
     fiber_index, local_row = _setup_rows(geometry)
     setup = _EventSetup(

@@ -32,6 +32,7 @@ from p3s.states import P3S_FILTERS, p3s_state
 from . import content, plots
 from .access import Access
 from .dashboard import STATES, WINDOWS, Summary, build_summary
+from .landing import build_landing
 from .links import PAYLOAD_PAGES, flow_run_ui_url, page_path, prefect_ui_url, product_path
 from .prefect_api import PrefectApi
 from .shared_refresh import SharedRefresh
@@ -124,9 +125,23 @@ def create_app(settings: Settings) -> FastAPI:
 
     # -- dashboard and jobs ------------------------------------------------------------------
 
-    @app.get("/", include_in_schema=False)
-    async def index() -> Response:
-        return RedirectResponse("/dashboard")
+    @app.get("/")
+    async def landing(request: Request, at: datetime | None = None) -> Response:
+        """The shifter-first page: only what is wrong now."""
+        found = await _landing(request, at)
+        return page(request, "landing.html", w=found)
+
+    @app.get("/api/landing.json")
+    async def landing_json(request: Request, at: datetime | None = None) -> JSONResponse:
+        return JSONResponse((await _landing(request, at)).as_json())
+
+    async def _landing(request: Request, at: datetime | None) -> Any:
+        found = await summary(request, at)
+        client = api(request)
+        try:
+            return await build_landing(client, settings, found, at)
+        finally:
+            await client.aclose()
 
     @app.get("/dashboard")
     async def dashboard(request: Request, at: datetime | None = None) -> Response:
@@ -247,7 +262,20 @@ def create_app(settings: Settings) -> FastAPI:
     ) -> Response:
         found = content.purity_page(run, page_no, settings.ui.page_size)
         tpcs = content.purity_tpcs(run)
-        return page(request, "purity.html", p=found, run=run, tpcs=tpcs, label=content.tpc_label)
+        overlays = []
+        if run is not None and content.subruns(run, "purity"):
+            subrun = content.subruns(run, "purity")[-1]
+            overlays = [(subrun, h) for h in content.overlay_keys(run, subrun, "purity")]
+        return page(
+            request,
+            "purity.html",
+            p=found,
+            run=run,
+            tpcs=tpcs,
+            label=content.tpc_label,
+            overlays=overlays,
+            reference=_reference("purity"),
+        )
 
     @app.get("/api/purity.json")
     def purity_json(run: int | None = None, page_no: int = Query(1, alias="page")) -> JSONResponse:
@@ -280,6 +308,11 @@ def create_app(settings: Settings) -> FastAPI:
         title = f"dead and noisy channels, run {run} subrun {subrun}"
         return Response(plots.channel_map(title, rows), media_type=PNG)
 
+    def _reference(payload: str) -> int | None:
+        from p3s.catalog import open_catalog
+
+        return open_catalog().reference_run(payload)
+
     def _latest(run: int, payload: str) -> int:
         subruns = content.subruns(run, payload)
         if not subruns:
@@ -308,6 +341,8 @@ def create_app(settings: Settings) -> FastAPI:
             ],
             planes=content.channel_status(run, subrun),
             result=content.result(run, subrun, "tpc_monitor"),
+            overlays=content.overlay_keys(run, subrun, "tpc_monitor"),
+            reference=_reference("tpc_monitor"),
         )
 
     @app.get("/evdisplay/{run}")
@@ -360,11 +395,92 @@ def create_app(settings: Settings) -> FastAPI:
                         "subrun": subrun,
                         "images": images,
                         "summary": (result or {}).get("summary", {}),
+                        "overlays": content.overlay_keys(run, subrun, "beam"),
                     }
                 )
         if not sections:
             raise HTTPException(404, f"run {run} has no beam instrumentation histograms")
-        return page(request, "beam.html", run=run, sections=sections)
+        return page(request, "beam.html", run=run, sections=sections, reference=_reference("beam"))
+
+    # -- data quality ------------------------------------------------------------------------
+
+    @app.get("/quality/{run}")
+    def quality(request: Request, run: int) -> Response:
+        from p3s.catalog import open_catalog
+
+        catalog = open_catalog()
+        flags = catalog.dq_flags(run)
+        if not flags:
+            raise HTTPException(404, f"run {run} has no quality flag")
+        return page(
+            request,
+            "quality.html",
+            run=run,
+            flags=flags,
+            checks=catalog.dq_checks(run),
+            references=catalog.references(),
+        )
+
+    @app.get("/trends")
+    def trends(request: Request) -> Response:
+        from p3s.catalog import open_catalog
+        from p3s.dqm.trends import quality_strip, trend_series
+
+        catalog = open_catalog()
+        series = trend_series(catalog)
+        strip = quality_strip(catalog)
+        return page(request, "trends.html", series=series, strip=strip)
+
+    @app.get("/api/trends.json")
+    def trends_json(payload: str | None = None) -> JSONResponse:
+        """Every key number per payload, quantity and place across runs, and the flags."""
+        from p3s.catalog import open_catalog
+        from p3s.dqm.trends import quality_strip, trend_series
+
+        catalog = open_catalog()
+        return JSONResponse(
+            {"trends": trend_series(catalog, payload=payload), "quality": quality_strip(catalog)}
+        )
+
+    @app.get("/plots/trend/{payload}/{quantity}.png")
+    def trend_png(payload: str, quantity: str) -> Response:
+        from p3s.catalog import open_catalog
+        from p3s.dqm.trends import trend_series
+
+        found = trend_series(open_catalog(), payload=payload).get(payload, {}).get(quantity)
+        if found is None:
+            raise HTTPException(404, f"no key number {quantity!r} of payload {payload!r}")
+        title = f"{payload} {quantity.replace('_', ' ')}"
+        return Response(plots.trend(title, found["unit"], found["places"]), media_type=PNG)
+
+    @app.get("/plots/quality-strip.png")
+    def quality_strip_png() -> Response:
+        from p3s.catalog import open_catalog
+        from p3s.dqm.trends import quality_strip
+
+        strip = quality_strip(open_catalog())
+        return Response(plots.quality_strip(strip["runs"], strip["areas"]), media_type=PNG)
+
+    @app.get("/plots/overlay/{run}/{subrun}/{payload}.png")
+    def overlay_png(run: int, subrun: int, payload: str, h: str) -> Response:
+        """Histogram ``h`` of a run's ROOT product with the reference run's overlaid."""
+        from p3s.catalog import open_catalog
+        from p3s.dqm.references import overlay
+
+        found = overlay(open_catalog(), run, subrun, payload, h)
+        if found is None:
+            raise HTTPException(404, f"run {run} subrun {subrun} has no {payload} histogram {h}")
+        png = plots.overlay(
+            f"{h} · run {run} subrun {subrun}",
+            found.xlabel,
+            found.edges,
+            found.values,
+            f"run {run}",
+            found.reference,
+            f"reference run {found.reference_run}" if found.reference_run is not None else "",
+            log=h.endswith("profiled_fft"),
+        )
+        return Response(png, media_type=PNG)
 
     @app.get("/products/{run}/{subrun}/{payload}/{name}")
     def product(run: int, subrun: int, payload: str, name: str) -> Response:

@@ -243,3 +243,37 @@ def read_product(url: str) -> bytes:
 def read_csv(url: str) -> list[dict[str, str]]:
     """A stored CSV product as rows of strings."""
     return list(csv.DictReader(io.StringIO(read_product(url).decode("utf-8"))))
+
+
+def histogram_keys(run: int, subrun: int, payload: str) -> list[str]:
+    """Paths of the 1-D histograms in one payload's ROOT product (``[]`` without one)."""
+    import uproot
+
+    found = find_product(run, subrun, payload, f"{payload}.root")
+    if found is None:
+        return []
+    with uproot.open(io.BytesIO(read_product(found["url"]))) as root:
+        return sorted(k for k, c in root.classnames(cycle=False).items() if c.startswith("TH1"))
+
+
+#: The histograms a payload's page overlays on the reference run's, by glob pattern.
+OVERLAID = {
+    "tpc_monitor": ("apa*/rms_plane*", "apa*/fiber*/profiled_fft"),
+    "beam": ("*",),
+    "purity": ("tpc*/hit_charge",),
+}
+
+
+def overlay_keys(run: int, subrun: int, payload: str) -> list[str]:
+    """The histograms of one page that have a reference to be overlaid on (``[]``: no
+    reference run set for the payload)."""
+    import fnmatch
+
+    if open_catalog().reference_run(payload) is None:
+        return []
+    patterns = OVERLAID.get(payload, ())
+    return [
+        k
+        for k in histogram_keys(run, subrun, payload)
+        if any(fnmatch.fnmatchcase(k, p) for p in patterns)
+    ]

@@ -22,6 +22,9 @@ from matplotlib.ticker import MaxNLocator
 _CACHE: OrderedDict[str, bytes] = OrderedDict()
 _LOCK = threading.Lock()
 _CACHE_SIZE = 256
+#: Drawing is serialised: matplotlib's mathtext parser (log-axis tick labels) is not
+#: thread-safe, and the app renders plots in a thread pool.
+_DRAW_LOCK = threading.Lock()
 
 
 def cached_png(kind: str, data: object, draw: Callable[[], Figure]) -> bytes:
@@ -31,7 +34,8 @@ def cached_png(kind: str, data: object, draw: Callable[[], Figure]) -> bytes:
         if key in _CACHE:
             _CACHE.move_to_end(key)
             return _CACHE[key]
-    png = _png(draw())
+    with _DRAW_LOCK:
+        png = _png(draw())
     with _LOCK:
         _CACHE[key] = png
         while len(_CACHE) > _CACHE_SIZE:
@@ -133,3 +137,94 @@ def channel_map(title: str, rows: Sequence[dict[str, str]]) -> bytes:
         return fig
 
     return cached_png("channel-map", (title, sorted(cells.items())), draw)
+
+
+QUALITY_COLOURS = {"good": "#43a047", "medium": "#fbc02d", "bad": "#e53935", None: "#eeeeee"}
+
+
+def overlay(
+    title: str,
+    xlabel: str,
+    edges: np.ndarray,
+    values: np.ndarray,
+    label: str,
+    reference: np.ndarray | None = None,
+    reference_label: str = "",
+    log: bool = False,
+) -> bytes:
+    """A 1-D histogram as steps and, where given, the reference run's overlaid (dashed),
+    scaled to the same integral so shapes compare; each labelled with its run."""
+
+    def draw() -> Figure:
+        fig = Figure(figsize=(6.4, 3.2))
+        ax = fig.add_subplot()
+        ax.stairs(values, edges, label=label, lw=1.2)
+        if reference is not None:
+            scale = values.sum() / reference.sum() if reference.sum() > 0 else 1.0
+            ax.stairs(reference * scale, edges, label=reference_label, lw=1.0, ls="--",
+                      color="k")  # fmt: skip
+        if log and np.any(values > 0):
+            ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_title(title, fontsize="medium")
+        ax.legend(fontsize="small")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        return fig
+
+    data = (title, label, reference_label, edges.tobytes(), values.tobytes(),
+            None if reference is None else reference.tobytes(), log)  # fmt: skip
+    return cached_png("overlay", data, draw)
+
+
+def trend(title: str, unit: str, places: dict[str, list[list[float]]]) -> bytes:
+    """One key number against run, a line per place (APA/TPC, plane, fiber)."""
+
+    def draw() -> Figure:
+        fig = Figure(figsize=(6.4, 3.2))
+        ax = fig.add_subplot()
+        for place, points in sorted(places.items()):
+            ax.plot([p[0] for p in points], [p[1] for p in points], "o-", ms=3, label=place)
+        if not places:
+            ax.text(0.5, 0.5, "no value", ha="center", transform=ax.transAxes)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("run")
+        ax.set_ylabel(unit)
+        ax.set_title(title, fontsize="medium")
+        if 0 < len(places) <= 12:
+            ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        return fig
+
+    return cached_png("trend", (title, unit, sorted((k, str(v)) for k, v in places.items())), draw)
+
+
+def quality_strip(runs: Sequence[int], areas: dict[str, list[str | None]]) -> bytes:
+    """The quality flag per run (columns) and area (rows: the whole run first): green good,
+    yellow medium, red bad, grey not evaluated."""
+    names = list(areas)
+
+    def draw() -> Figure:
+        fig = Figure(figsize=(max(6.4, 0.25 * len(runs) + 2), 0.8 + 0.3 * max(1, len(names))))
+        ax = fig.add_subplot()
+        for row, area in enumerate(names):
+            for col, flag in enumerate(areas[area]):
+                ax.add_patch(_cell(col, row, QUALITY_COLOURS.get(flag, "#eeeeee")))
+        ax.set_xlim(-0.5, max(1, len(runs)) - 0.5)
+        ax.set_ylim(len(names) - 0.5, -0.5)
+        step = max(1, -(-len(runs) // 25))
+        ax.set_xticks(range(0, len(runs), step), [str(r) for r in runs][::step], rotation=90,
+                      fontsize="x-small")  # fmt: skip
+        ax.set_yticks(range(len(names)), names, fontsize="small")
+        ax.set_title("quality flag per run (green good, yellow medium, red bad)", fontsize="medium")
+        fig.tight_layout()
+        return fig
+
+    return cached_png("quality-strip", (tuple(runs), sorted(areas.items())), draw)
+
+
+def _cell(x: float, y: float, colour: str):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((x - 0.45, y - 0.45), 0.9, 0.9, color=colour)

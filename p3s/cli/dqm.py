@@ -1,4 +1,5 @@
-"""``p3s dqm files|results|purity|channels|products``: queries of the DQM catalog.
+"""``p3s dqm files|results|purity|channels|products|quality|checks``: the DQM catalog;
+``p3s dqm reference set|unset|list`` and ``p3s dqm recheck``: data quality.
 
 Tables fit an 80-column terminal; ``--json`` prints one JSON object per line with every field.
 The catalog is ``settings.catalog`` (``P3S_CATALOG_URL``), or ``--catalog URL``.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
@@ -190,3 +191,196 @@ def products(
         ],
         f"no products for run {run}",
     )
+
+
+QUALITY_STYLE = {"good": "green", "medium": "yellow", "bad": "red"}
+
+
+def _quality(value: str) -> str:
+    style = QUALITY_STYLE.get(value, "white")
+    return f"[{style}]{value}[/{style}]"
+
+
+@app.command()
+def quality(
+    run: RunOption = None,
+    problems: Annotated[
+        bool, typer.Option("--problems", help="Only flags that are medium or bad.")
+    ] = False,
+    catalog: CatalogOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Quality flags per run and APA/TPC (area ``run``: the whole run) and the first reason."""
+    rows = _catalog(catalog).dq_flags(run, worse_than_good=problems)
+    _emit(
+        rows,
+        as_json,
+        [
+            ("run", "right", lambda r: str(r["run"])),
+            ("area", "left", lambda r: r["area"]),
+            ("flag", "left", lambda r: _quality(r["quality"])),
+            ("reason", "left", lambda r: (r["reasons"] or [""])[0]),
+        ],
+        "no quality flags" + (f" for run {run}" if run is not None else ""),
+    )
+
+
+@app.command()
+def checks(
+    run: Annotated[int, typer.Option("--run", "-r", help="The run.")],
+    problems: Annotated[
+        bool, typer.Option("--problems", help="Only checks that are medium or bad.")
+    ] = False,
+    catalog: CatalogOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Every check result of a run: place, quality and reason (``--json``: value, version)."""
+    rows = _catalog(catalog).dq_checks(run, worse_than_good=problems)
+    _emit(
+        rows,
+        as_json,
+        [
+            ("check", "left", lambda r: r["check"]),
+            ("place", "left", lambda r: r["place"]),
+            ("flag", "left", lambda r: _quality(r["quality"])),
+            ("reason", "left", lambda r: r["reason"]),
+        ],
+        f"no check results for run {run}",
+    )
+
+
+reference_app = typer.Typer(help="Reference runs that plots and histogram checks compare with.")
+app.add_typer(reference_app, name="reference")
+PayloadOption = Annotated[
+    str | None,
+    typer.Option("--payload", "-p", help="Only this payload (default: every payload)."),
+]
+
+
+def _payload(name: str | None) -> str:
+    from p3s.catalog import ANY_PAYLOAD
+    from p3s.datatypes import DQM_DEPLOYMENTS
+
+    if name is None:
+        return ANY_PAYLOAD
+    if name not in DQM_DEPLOYMENTS:
+        raise typer.BadParameter(
+            f"{name!r} is not a DQM payload ({', '.join(DQM_DEPLOYMENTS)})", param_hint="--payload"
+        )
+    return name
+
+
+@reference_app.command("set")
+def reference_set(
+    run: Annotated[int, typer.Argument(help="The reference run (processed already).")],
+    payload: PayloadOption = None,
+    catalog: CatalogOption = None,
+) -> None:
+    """Make RUN the reference run (of one payload, or of every payload)."""
+    name = _payload(payload)
+    try:
+        _catalog(catalog).set_reference(run, name)
+    except ValueError as exc:
+        err.print(f"[red]not set[/red]: {exc}")
+        raise typer.Exit(1) from None
+    err.print(f"reference run of {'every payload' if name == '*' else name}: {run}")
+    err.print("run `p3s dqm recheck` to compare stored runs with it")
+
+
+@reference_app.command("unset")
+def reference_unset(payload: PayloadOption = None, catalog: CatalogOption = None) -> None:
+    """Forget the reference run (of one payload, or the one set for every payload)."""
+    name = _payload(payload)
+    if not _catalog(catalog).unset_reference(name):
+        err.print(f"no reference run was set for {'every payload' if name == '*' else name}")
+        raise typer.Exit(1)
+    err.print(f"reference run of {'every payload' if name == '*' else name} unset")
+
+
+@reference_app.command("list")
+def reference_list(catalog: CatalogOption = None, as_json: JsonOption = False) -> None:
+    """The reference runs: per payload, and ``*`` for every payload."""
+    refs = _catalog(catalog).references()
+    rows = [{"payload": p, "run": r} for p, r in sorted(refs.items())]
+    _emit(
+        rows,
+        as_json,
+        [("payload", "left", lambda r: r["payload"]), ("run", "right", lambda r: str(r["run"]))],
+        "no reference run set",
+    )
+
+
+def _since(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{value!r} is not an ISO date or time (e.g. 2018-10-01 or 2018-10-01T07:00)",
+            param_hint="--since",
+        ) from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+@app.command()
+def recheck(
+    since: Annotated[
+        str | None, typer.Option(help="Only results finished since this ISO date/time (UTC).")
+    ] = None,
+    run: RunOption = None,
+    checks_dir: Annotated[
+        str | None,
+        typer.Option("--checks", help="Folder of check files (default: the settings')."),
+    ] = None,
+    catalog: CatalogOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Re-evaluate the checks on stored outputs (no payload runs); print changed flags.
+
+    Flags that became worse emit ``p3s.dqm.quality`` (the bad-flag alarm) when a Prefect
+    server is configured.
+    """
+    from p3s.dqm.checks import CheckFileError, load_checks
+    from p3s.dqm.quality import recheck as do_recheck
+
+    if since is not None and run is not None:
+        raise typer.BadParameter("give --since or --run, not both", param_hint="--since")
+    try:
+        files = load_checks(checks_dir)
+    except CheckFileError as exc:
+        err.print(f"[red]check file refused[/red]: {exc}")
+        raise typer.Exit(1) from None
+    report = do_recheck(_catalog(catalog), run=run, since=_since(since), checks=files)
+    _announce(report)
+    if as_json:
+        print(json.dumps(report.as_dict()))
+        return
+    err.print(f"re-evaluated {report.evaluated} stored result(s)")
+    _emit(
+        report.as_dict()["changed"],
+        False,
+        [
+            ("run", "right", lambda r: str(r["run"])),
+            ("area", "left", lambda r: r["area"]),
+            ("before", "left", lambda r: _quality(r["before"] or "-")),
+            ("after", "left", lambda r: _quality(r["after"])),
+        ],
+        "no flag changed",
+    )
+
+
+def _announce(report: Any) -> None:
+    """Emit the quality events of a recheck when a Prefect API is configured."""
+    from prefect.settings import PREFECT_API_URL
+
+    from p3s.catalog import FlagChange
+    from p3s.dqm.events import emit_quality
+
+    if not PREFECT_API_URL.value():
+        return
+    changes = [
+        FlagChange(run, area, after, before, ())
+        for (run, area), (before, after) in report.changes.items()
+    ]
+    emit_quality(changes)

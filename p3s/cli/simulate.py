@@ -49,6 +49,26 @@ def parse_lifetimes(values: list[str], tpcs: list[int]) -> dict[int, float]:
     return {tpc: per_tpc.get(tpc, default) for tpc in tpcs}
 
 
+def parse_pairs(values: list[str], option: str, kind: type) -> dict[int, list]:
+    """Turn ``KEY=VALUE`` options (``21=150``) into KEY -> [values], repeatable keys allowed.
+
+    Raises:
+        typer.BadParameter: a value is not ``INTEGER=NUMBER``.
+    """
+    out: dict[int, list] = {}
+    for value in values:
+        key, sep, number = value.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            out.setdefault(int(key), []).append(kind(number))
+        except ValueError:
+            raise typer.BadParameter(
+                f"{value!r} is not KEY=VALUE (e.g. 21=150)", param_hint=option
+            ) from None
+    return out
+
+
 def simulate(
     outdir: Annotated[Path, typer.Argument(help="Folder to write the file into (created).")],
     run: Annotated[int, typer.Option(min=0, help="Run number.")] = 1,
@@ -67,6 +87,17 @@ def simulate(
         typer.Option(help="Electron lifetime in ms: MS for all TPCs, or TPC=MS; repeatable."),
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    coherent_line: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="FIBER=KHZ: a coherent-noise line on that fiber (repeatable); 'none' for no "
+            "line at all; default: random lines on a quarter of the fibers."
+        ),
+    ] = None,
+    noisy: Annotated[
+        list[str] | None,
+        typer.Option(help="APA=N: N more noisy channels in that APA (repeatable)."),
+    ] = None,
     compression: Annotated[
         str | None, typer.Option(help="ADC compression: lzf or gzip (default: none).")
     ] = None,
@@ -82,6 +113,11 @@ def simulate(
     n_apas = apas if apas is not None else (6 if geometry == "full" else 1)
     geo = Geometry.full(n_apas) if geometry == "full" else Geometry.reduced(n_apas)
     lifetimes = parse_lifetimes(lifetime or [], [int(t) for t in geo.tpcs])
+    lines: dict[int, list] | None = None
+    if coherent_line:
+        given = [v for v in coherent_line if v.lower() != "none"]
+        lines = parse_pairs(given, "--coherent-line", float)
+    extra = {apa: sum(n) for apa, n in parse_pairs(noisy or [], "--noisy", int).items()}
     outdir.mkdir(parents=True, exist_ok=True)
     path = outdir / raw_filename(run, subrun)
     with console.status(f"simulating {events} event(s), {geo.n_channels} channels x {ticks}"):
@@ -95,6 +131,8 @@ def simulate(
             seed=seed,
             lifetimes_ms=lifetimes,
             compression=compression,
+            coherent_lines=lines,
+            extra_noisy=extra,
         )
     size_mb = path.stat().st_size / 1e6
     taus = ", ".join(f"TPC {t}: {ms:g} ms" for t, ms in truth.lifetimes_ms.items())

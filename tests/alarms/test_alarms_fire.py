@@ -7,6 +7,7 @@ webhook and the Slack/Mattermost-style chat webhook. Then every incident is caus
 - data taking is switched on and one file arrives, then none (a few seconds' window);
 - a real purity run and a real TPC monitor run on a simulated file, with thresholds that its
   lifetime (ms) and noisy-channel count cross;
+- the TPC monitor run is flagged bad by a data-quality check (noise RMS at most 1 ADC);
 - four real stage-outs fail (the destination's parent is a file), threshold three;
 - three lost pilots and two below-target reports of a pool are posted as the pilot worker
   posts them (a batch system losing pilots is the pilot tests' business).
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -44,12 +46,22 @@ pytestmark = [
 ALARMS = [
     "p3s-dqm-lifetime-low",
     "p3s-dqm-noisy-channels",
+    "p3s-dqm-quality-bad",
     "p3s-dqm-run-failed",
     "p3s-no-file-arrived",
     "p3s-pilots-below-target",
     "p3s-pilots-lost",
     "p3s-storage-failures",
 ]
+QUALITY_CHECKS = """\
+payload: tpc_monitor
+version: 1
+checks:
+  - name: noise-rms
+    quantity: mean_rms
+    per: plane
+    good: [0.0, 1.0]
+"""
 #: What ``p3s alarms test`` sends (kept apart from the alarms).
 TEST_ALARM, TEST_SUBJECT = "p3s-test", "p3s alarm test"
 #: Each incident must be notified this soon (s).
@@ -187,6 +199,9 @@ def fired(stack: Stack) -> Iterator[Fired]:
         "P3S_ALARMS__LIFETIME_MIN_MS": "1000",
         "P3S_ALARMS__NOISY_CHANNELS_MAX": "0",
         "P3S_STORAGE__ATTEMPTS": "1",
+        # Data-quality checks of the TPC monitor only, one that its run fails (noise RMS per
+        # plane at most 1 ADC): one bad flag, for APA 0 of run 72.
+        "P3S_DQM_CHECKS_DIR": "",
     }
     with receiver() as rx, smtp_receiver() as mail, pytest.MonkeyPatch.context() as mp:
         env["P3S_ALARMS__WEBHOOK_URL"] = f"{rx.url}/json"
@@ -194,6 +209,9 @@ def fired(stack: Stack) -> Iterator[Fired]:
         env["P3S_ALARMS__SMTP_HOST"] = mail.host
         env["P3S_ALARMS__SMTP_PORT"] = str(mail.port)
         env["P3S_ALARMS__EMAIL_TO"] = '["shifter@np04.test"]'
+        checks = Path(tempfile.mkdtemp(prefix="p3s-checks-"))
+        (checks / "tpc_monitor.yaml").write_text(QUALITY_CHECKS)
+        env["P3S_DQM_CHECKS_DIR"] = str(checks)
         for key, value in env.items():
             mp.setenv(key, value)
         get_settings.cache_clear()  # this process now works for the stack, with these alarms
@@ -362,6 +380,15 @@ def test_dqm_value_alarms_give_the_value_threshold_and_place(fired: Fired) -> No
     (noisy,) = fired.by_alarm()["p3s-dqm-noisy-channels"]
     assert "noisy channels > 0 (APA 0 plane" in noisy["subject"]
     assert noisy["payload"]["value"] > 0
+
+
+def test_a_bad_quality_flag_alarms_once_for_its_run_and_apa_with_the_reason(fired: Fired) -> None:
+    (bad,) = fired.by_alarm()["p3s-dqm-quality-bad"]
+    assert bad["subject"].startswith("Run 72 APA 0 flagged bad: mean_rms in APA 0 plane ")
+    assert "ADC, above the limit 1 ADC (noise-rms)." in bad["subject"]
+    assert "Data quality of run 72, APA 0: bad (was not evaluated)." in bad["message"]
+    assert "p3s dqm checks --run 72 --problems" in bad["message"]
+    assert bad["resource"]["prefect.resource.id"] == "p3s.dqm.quality.run000072.apa-0"
 
 
 def test_pilot_and_storage_alarms_say_what_to_look_at(fired: Fired) -> None:

@@ -54,6 +54,7 @@ def test_every_document_renders_with_one_action_per_target_and_settings_in_it() 
     assert sorted(alarms) == [
         "p3s-dqm-lifetime-low",
         "p3s-dqm-noisy-channels",
+        "p3s-dqm-quality-bad",
         "p3s-dqm-run-failed",
         "p3s-no-file-arrived",
         "p3s-pilots-below-target",

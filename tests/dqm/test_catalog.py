@@ -127,3 +127,62 @@ def test_file_checksums_and_sync_urls(tmp_path: Path) -> None:
     )
     assert sync_url("postgresql+asyncpg://u@h/db") == "postgresql+psycopg://u@h/db"
     assert sync_url("sqlite+aiosqlite:///x.db") == "sqlite:///x.db"
+
+
+def _check(check: str, area: str, quality: str, **extra: object) -> dict[str, object]:
+    return {"check": check, "area": area, "place": area, "quality": quality, "value": 1.0,
+            "unit": "ADC", "reason": f"{check} in {area} is {quality}.", "version": "v1-abc",
+            **extra}  # fmt: skip
+
+
+def test_quality_flags_are_the_worst_check_per_area_and_run(catalog: Catalog) -> None:
+    _record(catalog, "tpc_monitor", summary={})
+    changes = catalog.record_checks(
+        NAME,
+        "tpc_monitor",
+        [
+            _check("noise-rms", "APA 0", "good"),
+            _check("noisy-fraction", "APA 1", "medium"),
+            _check("coherent-lines", "APA 1", "bad"),
+            _check("informational", "APA 0", "bad", counts=False),
+        ],
+    )
+    assert {(c.area, c.quality, c.before) for c in changes} == {
+        ("APA 0", "good", None),
+        ("APA 1", "bad", None),
+        ("run", "bad", None),
+    }
+    flags = {f["area"]: f for f in catalog.dq_flags(42)}
+    assert flags["APA 1"]["reasons"] == [
+        "coherent-lines in APA 1 is bad.",
+        "noisy-fraction in APA 1 is medium.",
+    ]
+    assert (flags["APA 1"]["n_bad"], flags["APA 1"]["n_medium"]) == (1, 1)
+    assert flags["run"]["versions"] == "tpc_monitor v1-abc"
+    # Re-recording replaces the file's checks of that payload; the flags follow.
+    changes = catalog.record_checks(NAME, "tpc_monitor", [_check("noise-rms", "APA 1", "good")])
+    assert {(c.area, c.quality, c.before) for c in changes} == {
+        ("APA 1", "good", "bad"),
+        ("run", "good", "bad"),
+    }
+    assert {f["area"] for f in catalog.dq_flags(42)} == {"APA 1", "run"}
+    assert len(catalog.dq_checks(42)) == 1
+    with pytest.raises(ValueError, match="quality 'awful' is not one of"):
+        catalog.record_checks(NAME, "tpc_monitor", [_check("x", "APA 0", "awful")])
+    with pytest.raises(ValueError, match="is not in the DQM catalog"):
+        catalog.record_checks("np04_raw_run000001_0001_dl1.h5", "tpc_monitor", [])
+
+
+def test_reference_runs_per_payload_and_for_every_payload(catalog: Catalog) -> None:
+    _record(catalog, "tpc_monitor", summary={})
+    with pytest.raises(ValueError, match="run 43 has no completed result of any payload"):
+        catalog.set_reference(43)
+    with pytest.raises(ValueError, match="run 42 has no completed result of payload beam"):
+        catalog.set_reference(42, "beam")
+    catalog.set_reference(42)
+    catalog.set_reference(42, "tpc_monitor")
+    assert catalog.references() == {"*": 42, "tpc_monitor": 42}
+    assert catalog.reference_run("purity") == 42
+    assert catalog.unset_reference("*") and not catalog.unset_reference("*")
+    assert catalog.reference_run("purity") is None
+    assert catalog.reference_run("tpc_monitor") == 42

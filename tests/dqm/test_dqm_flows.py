@@ -180,6 +180,28 @@ def test_catalog_has_the_file_results_purity_channels_and_products(outcome: Outc
         catalog.dispose()
 
 
+def test_each_completed_run_evaluated_its_quality_checks_into_the_catalog(
+    outcome: Outcome,
+) -> None:
+    from p3s.dqm.checks import load_checks
+
+    checks = load_checks()
+    catalog = Catalog(outcome.stack.settings.catalog)
+    try:
+        results = catalog.dq_checks(42)
+        flags = {f["area"]: f for f in catalog.dq_flags(42)}
+    finally:
+        catalog.dispose()
+    # Every payload with a check file left its results, labelled with the file's version.
+    assert {(r["payload"], r["version"]) for r in results} == {
+        (p, checks[p].version) for p in PAYLOADS
+    }
+    assert {"APA 0", "TPC 1", "run"} <= set(flags)
+    worst = max((r["quality"] for r in results), key=("good", "medium", "bad").index)
+    assert flags["run"]["quality"] == worst
+    assert {r["file"] for r in results} == {GOOD}
+
+
 def test_runs_publish_a_summary_and_the_purity_table(outcome: Outcome) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId

@@ -167,7 +167,15 @@ def test_analyse_simulated_file(simulated, tmp_path):
     result = purity.analyse(path)
     assert result.payload == "purity"
     table = result.tables["purity"]
-    assert list(table.columns) == ["run", "tpc", "timestamp", "lifetime_ms", "error_ms", "count"]
+    assert list(table.columns) == [
+        "run",
+        "tpc",
+        "timestamp",
+        "lifetime_ms",
+        "error_ms",
+        "count",
+        "signal_to_noise",
+    ]
     (row,) = table.itertuples()
     assert (row.run, row.tpc) == (4649, 1)
     with open_raw(path) as raw:
@@ -182,3 +190,12 @@ def test_analyse_simulated_file(simulated, tmp_path):
     assert result.histograms["tpc1/charge_vs_drift"].sum() == len(result.tables["charges"])
     names = {p.name for p in result.write(tmp_path)}
     assert {"purity.root", "purity.csv", "tpc1_dqdt.png", "summary.json"} <= names
+
+
+def test_most_probable_value_of_a_landau_like_sample_is_its_peak() -> None:
+    import scipy.stats
+    from p3s.payloads.purity import most_probable
+
+    sample = scipy.stats.moyal.rvs(loc=250.0, scale=20.0, size=20000, random_state=3)
+    assert abs(most_probable(sample) - 250.0) < 10.0
+    assert math.isnan(most_probable(sample[:5]))
