@@ -96,6 +96,19 @@ async def queued_runs() -> int:
         )
 
 
+def embedded_system_env(home: Path, pilots: int) -> dict[str, str]:
+    """The variables of an embedded system under ``home`` on free ports, with ``pilots``
+    local pilots (min = max) and as many runs at once."""
+    return {
+        "P3S_HOME": str(home),
+        "P3S_SERVER__PORT": str(free_port()),
+        "P3S_UI__PORT": str(free_port()),
+        "P3S_PILOTS__MIN_PILOTS": str(pilots),
+        "P3S_PILOTS__MAX_PILOTS": str(pilots),
+        "P3S_POOL__CONCURRENCY": str(pilots),
+    }
+
+
 def feed_and_watch(
     settings,
     files: list[Path],
@@ -171,14 +184,7 @@ def main() -> None:
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="p3s-bench-load-"))
-    env = {
-        "P3S_HOME": str(home),
-        "P3S_SERVER__PORT": str(free_port()),
-        "P3S_UI__PORT": str(free_port()),
-        "P3S_PILOTS__MIN_PILOTS": str(args.pilots),
-        "P3S_PILOTS__MAX_PILOTS": str(args.pilots),
-        "P3S_POOL__CONCURRENCY": str(args.pilots),
-    }
+    env = embedded_system_env(home, args.pilots)
     dbname = f"p3s_bench_load_{os.getpid()}"
     if args.postgres:
         from pilots import _pg

@@ -36,8 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import free_port
-from inbox_load import feed_and_watch, simulate_files
+from inbox_load import embedded_system_env, feed_and_watch, simulate_files
 
 
 def payload_cpu(path: Path, outbox: Path) -> tuple[float, float]:
@@ -133,15 +132,7 @@ def main() -> None:
 
     cores = os.cpu_count() or 1
     home = Path(tempfile.mkdtemp(prefix="p3s-bench-orch-"))
-    env = {
-        "P3S_HOME": str(home),
-        "P3S_SERVER__PORT": str(free_port()),
-        "P3S_UI__PORT": str(free_port()),
-        "P3S_PILOTS__MIN_PILOTS": str(args.pilots),
-        "P3S_PILOTS__MAX_PILOTS": str(args.pilots),
-        "P3S_POOL__CONCURRENCY": str(args.pilots),
-    }
-    os.environ.update(env)
+    os.environ.update(embedded_system_env(home, args.pilots))
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from p3s import system
     from p3s.prefect_env import apply_client_environment

@@ -1,11 +1,12 @@
 """Publishing what a DQM flow found: catalog rows, Prefect artifacts, the finished event.
 
 - :func:`record_result` writes the DQM catalog (idempotent: a retried run replaces its rows).
-- :func:`publish_artifacts` creates a markdown summary with the payload's key numbers, a link
-  artifact to the file's page in the content app (``settings.ui_url``), and for the purity
-  monitor a table artifact with one row per TPC (run, TPC, timestamp, lifetime and
-  error in ms, count), as p3s's purity page listed them. Keys are ``<payload>-runRRRRRR-SSSS``
-  (lowercase and dashes), so each run/subrun has one artifact history per payload.
+- :func:`publish_artifacts` creates one markdown artifact per run: the link to the file's page
+  in the content app (``settings.ui_url``), the payload's key numbers, for the purity monitor
+  one row per TPC (lifetime and error in ms, tracks) as p3s's purity page listed them, and the
+  products. Its key is ``<payload>-summary-runRRRRRR-SSSS`` (lowercase and dashes), so each
+  run/subrun has one artifact history per payload. One artifact, not three: each costs an API
+  request and two events.
 - :func:`emit_finished` emits ``p3s.dqm.finished`` for the file life cycle and transport.
 - :func:`emit_values` emits ``p3s.dqm.value`` per alarmed quantity (electron lifetime per TPC,
   noisy channels per APA plane), the value also as a sortable label that the alarms'
@@ -20,12 +21,13 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from p3s.ui_extensions.artifacts import publish_page_link
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from p3s.ui_extensions.links import page_url
+from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 
 from p3s.alarms.ranges import DECIMALS, sortable
 from p3s.catalog import ProductInfo, open_catalog
+from p3s.settings import get_settings
 
 FINISHED_EVENT = "p3s.dqm.finished"
 VALUE_EVENT = "p3s.dqm.value"
@@ -129,11 +131,14 @@ def summary_markdown(
     summary: Mapping[str, Any],
     products: Sequence[ProductInfo],
     outbox_url: str,
+    page: str | None = None,
 ) -> str:
-    """The markdown summary of one payload on one file: key numbers, purity, products."""
-    out = [
-        f"# {payload} · run {run} subrun {subrun}",
-        "",
+    """The markdown summary of one payload on one file: its content page (``page``, a URL),
+    key numbers, purity, products."""
+    out = [f"# {payload} · run {run} subrun {subrun}", ""]
+    if page:
+        out += [f"[{payload} run {run} subrun {subrun}: shifters' page]({page})", ""]
+    out += [
         f"File `{file_name}`; products in `{outbox_url}`.",
         "",
         "| quantity | value |",
@@ -171,8 +176,7 @@ def publish_artifacts(
     products: Sequence[ProductInfo],
     outbox_url: str,
 ) -> None:
-    """Create the run's artifacts: a markdown summary, a link to its content page; for purity
-    also a table."""
+    """Create the run's one artifact: the markdown summary with the link to its content page."""
     create_markdown_artifact(
         summary_markdown(
             payload,
@@ -182,35 +186,11 @@ def publish_artifacts(
             summary=summary,
             products=products,
             outbox_url=outbox_url,
+            page=page_url(get_settings(), payload, run, subrun),
         ),
         key=artifact_key("summary", payload, run, subrun),
         description=f"DQM {payload} of {file_name}",
     )
-    publish_page_link(payload, run, subrun)
-    if payload == "purity":
-        rows = [
-            {
-                "run": row["run"],
-                "tpc": row["tpc"],
-                "timestamp": row["timestamp"],
-                "lifetime_ms": _finite(row.get("lifetime_ms")),
-                "error_ms": _finite(row.get("error_ms")),
-                "count": row.get("count", 0),
-            }
-            for row in summary.get("purity", [])
-        ]
-        create_table_artifact(
-            rows,
-            key=artifact_key("table", payload, run, subrun),
-            description=f"Electron lifetime per TPC, run {run} subrun {subrun}",
-        )
-
-
-def _finite(value: Any) -> float | None:
-    if value is None:
-        return None
-    number = float(value)
-    return round(number, 4) if math.isfinite(number) else None
 
 
 def emit_finished(

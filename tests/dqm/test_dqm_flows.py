@@ -202,7 +202,10 @@ def test_each_completed_run_evaluated_its_quality_checks_into_the_catalog(
     assert {r["file"] for r in results} == {GOOD}
 
 
-def test_runs_publish_a_summary_and_the_purity_table(outcome: Outcome) -> None:
+def test_each_run_publishes_one_summary_with_its_page_link_and_the_purity_rows(
+    outcome: Outcome,
+) -> None:
+    from p3s.ui_extensions.links import page_url
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
@@ -214,16 +217,17 @@ def test_runs_publish_a_summary_and_the_purity_table(outcome: Outcome) -> None:
 
     for payload in PAYLOADS:
         run = outcome.runs[(DQM_DEPLOYMENTS[payload], GOOD)]
-        found = {a.key: a for a in asyncio.run(artifacts(run.id))}
-        key = f"{payload.replace('_', '-')}-summary-run000042-0007"
-        assert key in found, (payload, list(found))
-        assert found[key].type == "markdown"
-        assert "run 42 subrun 7" in str(found[key].data)
+        (summary,) = asyncio.run(artifacts(run.id))  # one artifact per run: one API request
+        assert summary.key == f"{payload.replace('_', '-')}-summary-run000042-0007"
+        assert summary.type == "markdown"
+        assert "run 42 subrun 7" in str(summary.data)
+        assert f"({page_url(outcome.stack.settings, payload, 42, 7)})" in str(summary.data)
     purity_run = outcome.runs[(DQM_DEPLOYMENTS["purity"], GOOD)]
-    table = {a.key: a for a in asyncio.run(artifacts(purity_run.id))}["purity-table-run000042-0007"]
-    assert table.type == "table"
-    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
-    assert rows[0]["run"] == 42 and rows[0]["tpc"] == 1 and rows[0]["count"] > 0
+    (summary,) = asyncio.run(artifacts(purity_run.id))
+    rows = [line for line in str(summary.data).splitlines() if line.startswith("| 1 |")]
+    assert rows, summary.data  # TPC 1's lifetime row
+    lifetime_ms, tracks = rows[0].split("|")[2], rows[0].split("|")[4]
+    assert float(lifetime_ms) > 0 and int(tracks) > 0
 
 
 def _finished_events(file_name: str, expected: int) -> list[Any]:

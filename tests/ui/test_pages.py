@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from p3s.ui_extensions.artifacts import artifact_key
+from p3s.tasks.publish import artifact_key
 from p3s.ui_extensions.dashboard import WINDOWS
 from p3s.ui_extensions.links import page_path
 from prefect.client.orchestration import get_client
@@ -158,8 +158,10 @@ def test_every_dqm_run_links_to_its_content_page(site: Site, browser: Any) -> No
 
     by_payload = asyncio.run(links())
     for payload in DQM_DEPLOYMENTS:
-        artifact = by_payload[payload][artifact_key(payload, RUN, SUBRUN)]
-        assert artifact.type == "markdown"  # Prefect stores link artifacts as markdown links
+        # The run's one artifact, its summary, starts with the link to the content page.
+        (artifact,) = by_payload[payload].values()
+        assert artifact.key == artifact_key("summary", payload, RUN, SUBRUN)
+        assert artifact.type == "markdown"
         path = page_path(payload, RUN, SUBRUN)
         assert f"({site.stack.settings.ui_url}{path})" in artifact.data
         open_page(browser, site.url + path, f"linked-{payload}")

@@ -8,7 +8,6 @@ import base64
 import pytest
 from p3s.ui_extensions import plots
 from p3s.ui_extensions.access import basic_credentials
-from p3s.ui_extensions.artifacts import artifact_key
 from p3s.ui_extensions.content import tpc_label
 from p3s.ui_extensions.dashboard import STATES, WINDOWS, window_counts
 from p3s.ui_extensions.links import flow_run_ui_url, page_path, page_url
@@ -66,7 +65,6 @@ def test_links_follow_the_base_url_and_name_each_payloads_page() -> None:
     with pytest.raises(ValueError, match="no content page for payload 'x'"):
         page_path("x", 1, 1)
     assert Settings(ui={"host": "127.0.0.1", "port": 4300}).ui_url == "http://127.0.0.1:4300"
-    assert artifact_key("tpc_monitor", 42, 7) == "tpc-monitor-page-run000042-0007"
     api = Settings(server={"api_url": "http://prefect:4200/api"})
     assert flow_run_ui_url(api, "abc") == "http://prefect:4200/runs/flow-run/abc"
 
