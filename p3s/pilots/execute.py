@@ -60,6 +60,8 @@ _context_lock = threading.Lock()
 #: Children running on this pilot, by flow run id: the cancellation hook finds them here.
 _running: dict[str, multiprocessing.process.BaseProcess] = {}
 _cancelled: set[str] = set()
+#: Runs this pilot hands to its shared engine (see :mod:`p3s.pilots.shared`).
+_shared_runs: set[str] = set()
 #: Set in a child once its run has its final state: it may then outlive its pilot.
 _final = threading.Event()
 #: The settings context :func:`settle_client_handshakes` entered in the fork server.
@@ -442,6 +444,14 @@ def stop_tree(pid: int, grace_s: float) -> None:
 def cancel_local(run_id: str, grace_s: float = 5.0) -> bool:
     """Stop the child running ``run_id`` on this pilot, if any (called through
     ``Client.run`` on every pilot); returns whether this pilot had it."""
+    from p3s.pilots import shared
+
+    if run_id in _shared_runs:
+        _cancelled.add(run_id)
+        if shared.cancel_local(run_id, grace_s):
+            return True
+        _cancelled.discard(run_id)
+        return False
     proc = _running.get(run_id)
     if proc is None or proc.pid is None:
         return False
@@ -465,9 +475,21 @@ def run_on_pilot(
     """
     from distributed import get_worker
 
+    from p3s.pilots import shared
+
     pilot = str(get_worker().name)
     ctx = fork_context()
     started = time.monotonic()
+    if shared.serves(entrypoint):
+        _shared_runs.add(run_id)
+        try:
+            try:
+                code = shared.engine_for(ctx, pilot).run(run_id, entrypoint, claim, related)
+            except shared.EngineGone:  # it ended just now: a fresh one takes the run
+                code = shared.engine_for(ctx, pilot).run(run_id, entrypoint, claim, related)
+        finally:
+            _shared_runs.discard(run_id)
+        return _outcome(run_id, pilot, code, started)
     done_r, done_w = ctx.Pipe(duplex=False)  # type: ignore[attr-defined]
     proc = ctx.Process(  # type: ignore[attr-defined]
         target=child_main,
@@ -490,6 +512,10 @@ def run_on_pilot(
     finally:
         done_r.close()
         _running.pop(run_id, None)
+    return _outcome(run_id, pilot, code, started)
+
+
+def _outcome(run_id: str, pilot: str, code: int | None, started: float) -> dict[str, Any]:
     cancelled = run_id in _cancelled
     _cancelled.discard(run_id)
     return {
