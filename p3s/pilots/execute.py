@@ -332,8 +332,12 @@ def settle_result_storage() -> None:
     changes only when an administrator sets another default, as rarely as the server's version.
     """
     from prefect import results
+    from prefect.client.orchestration import get_client
 
-    block_id = results._read_server_default_result_storage_block_id()
+    # Read here, not through Prefect's helper, which answers None (local storage) on errors:
+    # a server that cannot answer now leaves every child to ask it, as before.
+    with get_client(sync_client=True) as client:
+        block_id = client.read_server_default_result_storage().default_result_storage_block_id
 
     async def read_async() -> Any:
         return block_id

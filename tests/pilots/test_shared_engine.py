@@ -42,11 +42,24 @@ MAX_MIB_PER_WAITING_RUN = 10.0
 @pytest.fixture(scope="module")
 def local_pilots(stack: Stack) -> Iterator[Pilots]:
     pilots = start_pilots(
+        stack, "local", P3S_PILOTS__QUERY_SECONDS="30", P3S_PILOTS__ENGINE="shared"
+    )
+    try:
+        yield pilots
+    finally:
+        stop_pilots(pilots)
+
+
+@pytest.fixture
+def roomy_pilot(stack: Stack) -> Iterator[Pilots]:
+    """One shared-engine pilot with room for ``WAITING`` runs at once, in a pool of its own."""
+    pilots = start_pilots(
         stack,
         "local",
-        P3S_PILOTS__QUERY_SECONDS="30",
+        P3S_PILOTS__POOL_NAME="pilots-shared-roomy",
         P3S_PILOTS__ENGINE="shared",
         P3S_PILOTS__SLOTS=str(WAITING),
+        P3S_PILOTS__MAX_PILOTS="1",
     )
     try:
         yield pilots
@@ -59,40 +72,40 @@ def _uss_mib(proc: psutil.Process) -> float:
 
 
 def test_waiting_jobs_share_one_engine_process_at_a_few_mib_each(
-    local_pilots: Pilots, tmp_path: Path
+    roomy_pilot: Pilots, tmp_path: Path
 ) -> None:
     log = tmp_path / "exec.log"
     # A first job brings the engine up (the imports it touches once, for all runs).
-    (first,) = run(submit(local_pilots, [job("warm-engine", log)]))
+    (first,) = run(submit(roomy_pilot, [job("warm-engine", log)]))
     run(wait_for_runs([first.id], 120))
-    engine = psutil.Process(int(records(log)[0][5])).parent()
-    pilot = records(log)[0][3]
+    # The engine: the one process the pilot's fork server has forked (its payload is gone).
+    from p3s import system
+
+    worker = system.pilot_worker_process(roomy_pilot.settings).process()
+    assert worker is not None
+    tree = worker.children(recursive=True)
+    servers = [p for p in tree if "multiprocessing.forkserver" in " ".join(p.cmdline())]
+    (engine,) = [child for server in servers for child in server.children()]
     idle_mib = _uss_mib(engine)
 
-    # All on the engine's pilot: the scaler may keep a second pilot, and each has an engine.
-    waiting = run(submit(local_pilots, [job(f"wait-{i}", log, sleep=60) for i in range(WAITING)]))
+    waiting = run(submit(roomy_pilot, [job(f"wait-{i}", log, sleep=60) for i in range(WAITING)]))
 
     def all_started() -> list[list[str]] | None:
         found = [r for r in records(log) if r[1] == "start" and r[0].startswith("wait-")]
         return found if len(found) == WAITING else None
 
     started = wait_for(all_started, 240, f"{WAITING} payloads started")
-    parents = {psutil.Process(int(r[5])).ppid() for r in started}
-    on_engine = [r for r in started if r[3] == pilot]
-    assert on_engine, started
-    # One engine process per pilot runs every job of that pilot: no child per run.
-    assert len(parents) <= 2, parents
-    assert {psutil.Process(int(r[5])).ppid() for r in on_engine} == {engine.pid}
+    # One engine process runs every job of the pilot: no process per run but the payload's.
+    assert {psutil.Process(int(r[5])).ppid() for r in started} == {engine.pid}
     busy_mib = _uss_mib(engine)
-    per_run = (busy_mib - idle_mib) / len(on_engine)
+    per_run = (busy_mib - idle_mib) / WAITING
     print(
-        f"\nshared engine: {idle_mib:.1f} MiB idle, {busy_mib:.1f} MiB with {len(on_engine)} "
-        f"runs waiting: {per_run:.2f} MiB per waiting run"
+        f"\nshared engine: {idle_mib:.1f} MiB idle, {busy_mib:.1f} MiB with {WAITING} runs "
+        f"waiting: {per_run:.2f} MiB per waiting run"
     )
-    assert per_run <= MAX_MIB_PER_WAITING_RUN, (idle_mib, busy_mib, len(on_engine))
+    assert per_run <= MAX_MIB_PER_WAITING_RUN, (idle_mib, busy_mib)
 
     done = run(wait_for_runs([r.id for r in waiting], 240))
     assert [r.state.type.value for r in done] == ["COMPLETED"] * WAITING
-    # Each executed once.
     starts = sorted(r[0] for r in records(log) if r[1] == "start" and r[0].startswith("wait-"))
-    assert starts == sorted(f"wait-{i}" for i in range(WAITING))
+    assert starts == sorted(f"wait-{i}" for i in range(WAITING))  # each executed once
