@@ -9,6 +9,7 @@ few MiB of private memory.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,6 +38,21 @@ pytestmark = [
 #: Waiting runs at once in the memory test, and the most private memory each may add.
 WAITING = 24
 MAX_MIB_PER_WAITING_RUN = 10.0
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_limit_left_from_test_local_pilots(stack: Stack) -> None:
+    """The jobtype limit test creates its limit; in a session with test_local_pilots.py it
+    exists already (the stack is the session's): remove it so the test creates it again."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    async def delete() -> None:
+        async with get_client() as client:
+            with contextlib.suppress(ObjectNotFound):
+                await client.delete_global_concurrency_limit_by_name("jobtype:limited")
+
+    run(delete())
 
 
 @pytest.fixture(scope="module")
