@@ -74,9 +74,29 @@ def read_marks(marks: Path) -> dict[str, tuple[list[float], list[float]]]:
     return out
 
 
-def bare_baseline(script: Path, marks: Path, n: int, sleep_s: float) -> tuple[int, float, float]:
+def tree_uss_mib(root_pid: int) -> float:
+    """Private memory (USS, MiB) of a process and all its descendants: on a host shared with
+    other work, the machine's memory in use moves by more than the runs measured."""
+    import psutil
+
+    total = 0
+    try:
+        procs = [psutil.Process(root_pid), *psutil.Process(root_pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    for proc in procs:
+        try:
+            total += proc.memory_full_info().uss
+        except psutil.Error:
+            continue
+    return total / 2**20
+
+
+def bare_baseline(
+    script: Path, marks: Path, n: int, sleep_s: float
+) -> tuple[int, float, float, float]:
     """``n`` bare processes of the payload started at once: peak overlap, starts per second,
-    and the machine's memory per waiting process (MiB)."""
+    the machine's memory per waiting process and a waiting payload's own USS (MiB)."""
     import psutil
 
     def used_mib() -> float:
@@ -91,6 +111,7 @@ def bare_baseline(script: Path, marks: Path, n: int, sleep_s: float) -> tuple[in
     ]
     time.sleep(min(2.0, sleep_s / 2))
     per_process = (used_mib() - before) / n
+    uss = statistics.mean(tree_uss_mib(proc.pid) for proc in procs)
     for proc in procs:
         proc.wait()
     found = read_marks(marks)
@@ -98,7 +119,44 @@ def bare_baseline(script: Path, marks: Path, n: int, sleep_s: float) -> tuple[in
     last_start = max(s[0] for s, _ in found.values())
     for path in marks.iterdir():
         path.unlink()
-    return peak_overlap(intervals), n / max(1e-9, last_start - t0), per_process
+    return peak_overlap(intervals), n / max(1e-9, last_start - t0), per_process, uss
+
+
+class TreeSampler:
+    """USS of the pilot worker's process tree (pilots, fork servers, flow-run processes,
+    payloads) with the number of payloads started, every ``interval_s``, in a thread."""
+
+    def __init__(self, root_pid: int, marks: Path, interval_s: float = 10.0) -> None:
+        self.root_pid, self.marks, self.interval_s = root_pid, marks, interval_s
+        self.samples: list[tuple[float, float, int, int]] = []  # time, MiB, started, ended
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            found = read_marks(self.marks)
+            started = sum(1 for s, _ in found.values() if s)
+            ended = sum(1 for _, e in found.values() if e)
+            self.samples.append((time.time(), tree_uss_mib(self.root_pid), started, ended))
+            if self._stop.wait(self.interval_s):
+                return
+
+    def per_waiting_run(self) -> tuple[float, int]:
+        """(USS added per waiting run, runs waiting) at the last sample before any ended."""
+        base = self.samples[0][1]
+        before = [s for s in self.samples if s[3] == 0 and s[2] > 0]
+        if not before:
+            return 0.0, 0
+        _, mib, started, _ = max(before, key=lambda s: s[2])
+        return (mib - base) / started, started
+
+    def __enter__(self) -> TreeSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 class RunningCounter:
@@ -208,6 +266,12 @@ def main() -> None:
     parser.add_argument(
         "--min-free-mib", type=float, default=1536, help="stop the run below this much"
     )
+    parser.add_argument(
+        "--engine",
+        choices=["fork", "shared"],
+        default="fork",
+        help="P3S_PILOTS__ENGINE: a forked child per run, or one engine process per pilot",
+    )
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="p3s-bench-concurrency-"))
@@ -234,6 +298,7 @@ def main() -> None:
         "P3S_PILOTS__MAX_PILOTS": str(args.pilots),
         "P3S_PILOTS__SLOTS": str(args.slots),
         "P3S_PILOTS__MEMORY": "4GiB",
+        "P3S_PILOTS__ENGINE": args.engine,
     }
     import redis
 
@@ -250,10 +315,13 @@ def main() -> None:
 
     settings = Settings()
     apply_client_environment(settings)
-    base_peak, base_rate, base_mib = bare_baseline(script, marks, args.jobs, min(args.sleep, 30.0))
+    base_peak, base_rate, base_mib, base_uss = bare_baseline(
+        script, marks, args.jobs, min(args.sleep, 30.0)
+    )
     print(
         f"baseline: {args.jobs} bare processes at once: peak {base_peak} concurrent, "
-        f"{base_rate:.0f} starts/s, {base_mib:.2f} MiB each while waiting"
+        f"{base_rate:.0f} starts/s, {base_mib:.2f} MiB each while waiting (machine), "
+        f"{base_uss:.2f} MiB USS each"
     )
     job = P3SJob(
         name="concurrent",
@@ -271,6 +339,7 @@ def main() -> None:
         wait_pilots(settings, pool, args.pilots, timeout_s=600)
         print(f"{args.pilots} pilots with {args.slots} slots each are up")
         server_pid = system.server_process(settings).process().pid
+        pilot_worker_pid = system.pilot_worker_process(settings).process().pid
 
         from prefect.client.orchestration import get_client
 
@@ -282,6 +351,7 @@ def main() -> None:
             Sampler(postmaster_pid(), interval_s=2.0) as database,
             MemorySampler(min_free_mib=args.min_free_mib) as memory,
             RunningCounter(deployment.id) as running,
+            TreeSampler(pilot_worker_pid, marks) as tree,
         ):
             done = asyncio.run(
                 submit_and_wait(job, args.jobs, f"p3s-job/{pool}", args.sleep + 7200)
@@ -302,7 +372,8 @@ def main() -> None:
     last_start = max((s[0] for s, _ in found.values() if s), default=t0)
     start_rate = len(found) / max(1e-9, last_start - t0)
     print(
-        f"{args.jobs} jobs on {args.pilots} pilots x {args.slots} slots, sleep {args.sleep:.0f} "
+        f"{args.jobs} jobs on {args.pilots} pilots x {args.slots} slots ({args.engine} engine), "
+        f"sleep {args.sleep:.0f} "
         f"s: {completed} Completed, {once} payloads executed exactly once, {twice} more than "
         f"once, {args.jobs - len(found)} never started; peak {peak} payloads at once (Prefect "
         f"Running max {peak_running}); all started {last_start - t0:.0f} s after submission "
@@ -327,6 +398,13 @@ def main() -> None:
         f"{settled:.0f} MiB with {waiting} waiting before the first ended: {per_waiting:.1f} "
         "MiB per waiting run"
     )
+    tree_per_run, tree_waiting = tree.per_waiting_run()
+    print(
+        f"pilots' process tree (USS): {tree.samples[0][1]:.0f} MiB at submission, "
+        f"{tree_per_run:.2f} MiB more per waiting run with {tree_waiting} waiting (a bare "
+        f"waiting payload: {base_uss:.2f} MiB; {args.engine} engine)"
+    )
+    engine = "" if args.engine == "fork" else f", {args.engine} engine"
     figures = [
         {
             "figure": f"peak concurrent payloads of {args.jobs} "
@@ -354,10 +432,17 @@ def main() -> None:
             "baseline_label": "at submission",
         },
         {
-            "figure": "memory per waiting run (MiB)",
+            "figure": "memory per waiting run (MiB)"
+            + ("" if args.engine == "fork" else f", {args.engine} engine"),
             "value": per_waiting,
             "baseline": base_mib,
             "baseline_label": "bare payload process, waiting",
+        },
+        {
+            "figure": f"pilots' USS per waiting run (MiB){engine}",
+            "value": tree_per_run,
+            "baseline": base_uss,
+            "baseline_label": "bare payload process, waiting (USS)",
         },
         {
             "figure": f"Prefect server RSS max (MiB), {args.jobs} jobs",

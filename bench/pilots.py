@@ -116,7 +116,7 @@ def wait_pilots(settings, pool: str, n: int, timeout_s: float = 300) -> None:
     raise TimeoutError(f"{n} pilots not up within {timeout_s} s")
 
 
-def start_pilots(system, base_env: dict, n_min: int, n_max: int):
+def start_pilots(system, base_env: dict, n_min: int, n_max: int, engine: str = "fork"):
     from p3s.settings import Settings
 
     env = {
@@ -124,6 +124,7 @@ def start_pilots(system, base_env: dict, n_min: int, n_max: int):
         "P3S_PILOTS__MIN_PILOTS": str(n_min),
         "P3S_PILOTS__MAX_PILOTS": str(n_max),
         "P3S_PILOTS__MEMORY": "1GiB",
+        "P3S_PILOTS__ENGINE": engine,
     }
     os.environ.update(env)
     settings = Settings()
@@ -140,6 +141,12 @@ def main() -> None:
     parser.add_argument("--throughput-jobs", type=int, default=200)
     parser.add_argument("--queue-jobs", type=int, default=1000)
     parser.add_argument("--many-pilots", type=int, default=8)
+    parser.add_argument(
+        "--engines",
+        default="fork,shared",
+        help="P3S_PILOTS__ENGINE values whose 4-pilot throughput is measured, in this run "
+        "(the first also serves the latency and queue figures)",
+    )
     parser.add_argument(
         "--postgres",
         action="store_true",
@@ -200,7 +207,8 @@ def main() -> None:
     try:
         system.up(settings, lambda line: print("  ", line))
         system.setup_pilot_pool(settings, lambda line: print("  ", line))
-        pilots = start_pilots(system, base_env, 4, 4)
+        engines = args.engines.split(",")
+        pilots = start_pilots(system, base_env, 4, 4, engines[0])
         server_pid = system.server_process(settings).process().pid
 
         proc_lat = asyncio.run(latency(job, marks, args.process_latency_jobs, "p3s-job/adhoc"))
@@ -215,19 +223,26 @@ def main() -> None:
             f"p50 {p50:.2f} s, p95 {pct(pilot_lat, 0.95):.2f} s "
             f"(process worker / pilot p50: {pct(proc_lat, 0.5) / p50:.1f}x)"
         )
-        with Sampler(server_pid) as sampler:
-            rate, ok = asyncio.run(throughput(job, args.throughput_jobs, pilot_deployment))
-        print(
-            f"4 pilots, {args.throughput_jobs} trivial jobs at once: {rate:.2f} jobs/s "
-            f"({ok} completed; bare loop {base_rate:.1f} jobs/s); server {sampler.summary()}"
-        )
-        rate4 = rate
+        rates: dict[str, float] = {}
+        for engine in engines:
+            if engine != engines[0]:
+                system.pilot_worker_process(pilots).stop()
+                pilots = start_pilots(system, base_env, 4, 4, engine)
+            with Sampler(server_pid) as sampler:
+                rate, ok = asyncio.run(throughput(job, args.throughput_jobs, pilot_deployment))
+            print(
+                f"4 pilots ({engine} engine), {args.throughput_jobs} trivial jobs at once: "
+                f"{rate:.2f} jobs/s ({ok} completed; bare loop {base_rate:.1f} jobs/s); "
+                f"server {sampler.summary()}"
+            )
+            rates[engine] = rate
         with Sampler(server_pid) as sampler:
             ceiling = prefect_ceiling(4, max(10, args.throughput_jobs // 4))
         print(
             f"Prefect's ceiling here: empty flow runs created and run in-process by 4 "
-            f"clients: {ceiling:.2f} runs/s; server {sampler.summary()} "
-            f"(4 pilots reach {rate4 / ceiling:.0%} of it)"
+            f"clients: {ceiling:.2f} runs/s; server {sampler.summary()} (4 pilots reach "
+            + ", ".join(f"{rates[e] / ceiling:.0%} of it with the {e} engine" for e in engines)
+            + ")"
         )
 
         figures = [
@@ -243,16 +258,20 @@ def main() -> None:
                 "baseline": pct(proc_lat, 0.95),
                 "baseline_label": "process worker",
             },
+        ]
+        figures += [
             {
-                "figure": f"4 pilots, {args.throughput_jobs} trivial jobs (jobs/s)",
-                "value": rate4,
+                "figure": f"4 pilots, {args.throughput_jobs} trivial jobs (jobs/s)"
+                + ("" if engine == "fork" else f", {engine} engine"),
+                "value": rate,
                 "baseline": ceiling,
                 "baseline_label": "Prefect ceiling: empty in-process runs, 4 clients",
-            },
+            }
+            for engine, rate in rates.items()
         ]
         if args.queue_jobs > 0:
             system.pilot_worker_process(pilots).stop()
-            pilots = start_pilots(system, base_env, args.many_pilots, args.many_pilots)
+            pilots = start_pilots(system, base_env, args.many_pilots, args.many_pilots, engines[0])
             with Sampler(server_pid) as sampler:
                 rate, ok = asyncio.run(throughput(job, args.queue_jobs, pilot_deployment))
             print(

@@ -11,7 +11,6 @@ from p3s.tasks.payload import TIMELIMIT_ERRCODE, PayloadOutcome, execute_payload
 from prefect import flow, get_client, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.context import get_run_context
-from prefect.runtime import flow_run as current_run
 from prefect.states import Completed, Failed, State
 
 from p3s.jobs import P3SJob
@@ -22,11 +21,6 @@ from p3s.settings import get_settings
 TIMELIMIT_STATE = "TimeLimit"
 #: Name of the failed state of a payload the policy refused (p3s's "nonstarter").
 REFUSED_STATE = "Refused"
-
-
-def _run_name() -> str:
-    job = current_run.parameters.get("job", {})
-    return job.get("name", "p3s-job") if isinstance(job, dict) else job.name
 
 
 def job_environment(job: P3SJob, job_uuid: str, path_map: dict[str, str]) -> dict[str, str]:
@@ -54,17 +48,19 @@ def final_state(job: P3SJob, outcome: PayloadOutcome) -> State[Any]:
     return Completed(message="payload exited with code 0")
 
 
-@flow(name="p3s-job", flow_run_name=_run_name, persist_result=False, validate_parameters=True)
+# No ``flow_run_name``: the engine would rename every run (a request) to the name that
+# `p3s job submit` gave it already; a run started otherwise is named below with its tags.
+@flow(name="p3s-job", persist_result=False, validate_parameters=True)
 def p3s_job(job: P3SJob) -> State[Any]:
     """Run one p3s job: vet its payload, run it under its time limit, record its exit code."""
     settings = get_settings()
     logger = get_run_logger()
     run = get_run_context().flow_run
     run_id = str(run.id)
-    if not set(job.tags) <= set(run.tags):
-        # Started with `prefect deployment run`: give it the tags `p3s job submit` would have.
+    if run.name != job.name or not set(job.tags) <= set(run.tags):
+        # Started with `prefect deployment run`: the name and tags `p3s job submit` gives.
         with get_client(sync_client=True) as client:
-            client.update_flow_run(run.id, tags=sorted({*run.tags, *job.tags}))
+            client.update_flow_run(run.id, name=job.name, tags=sorted({*run.tags, *job.tags}))
     try:
         command = resolve_command(
             job.payload,

@@ -16,9 +16,10 @@ import subprocess
 import threading
 import time
 from collections.abc import Mapping
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 from p3s.payload_policy import Command
 from p3s.pidwait import wait_for_exit
@@ -29,6 +30,19 @@ TIMELIMIT_ERRCODE = 77
 MAX_LOGGED_LINES = 5000
 
 _PR_SET_PDEATHSIG = 1
+
+
+class PayloadWatch(Protocol):
+    """Told of each payload of the current run (a pilot's shared engine: it stops them when
+    the run is cancelled, and ends the run without a final state then)."""
+
+    def started(self, proc: subprocess.Popen[bytes]) -> None: ...
+
+    def ended(self, proc: subprocess.Popen[bytes]) -> None: ...
+
+
+#: The watch of the run this thread executes, if any.
+payload_watch: ContextVar[PayloadWatch | None] = ContextVar("p3s_payload_watch", default=None)
 
 
 def _die_with_parent() -> None:
@@ -129,7 +143,10 @@ def execute_payload(
         for pump in pumps:
             pump.start()
         timed_out = False
+        watch = payload_watch.get()
         try:
+            if watch is not None:
+                watch.started(proc)
             # Popen.wait(timeout) wakes every 50 ms until the payload ends: block instead.
             if not wait_for_exit(proc.pid, timeout_s or None):
                 raise subprocess.TimeoutExpired(proc.args, timeout_s or 0)
@@ -145,6 +162,8 @@ def execute_payload(
         finally:
             for pump in pumps:
                 pump.join(timeout=10)
+    if watch is not None:
+        watch.ended(proc)
     return PayloadOutcome(
         exit_code=proc.returncode,
         timed_out=timed_out,

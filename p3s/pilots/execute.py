@@ -60,6 +60,8 @@ _context_lock = threading.Lock()
 #: Children running on this pilot, by flow run id: the cancellation hook finds them here.
 _running: dict[str, multiprocessing.process.BaseProcess] = {}
 _cancelled: set[str] = set()
+#: Runs this pilot hands to its shared engine (see :mod:`p3s.pilots.shared`).
+_shared_runs: set[str] = set()
 #: Set in a child once its run has its final state: it may then outlive its pilot.
 _final = threading.Event()
 #: The settings context :func:`settle_client_handshakes` entered in the fork server.
@@ -322,6 +324,45 @@ def settle_client_handshakes() -> None:
     _handshake_settings.__enter__()
 
 
+def settle_result_storage() -> None:
+    """Read the server's default result storage once per pilot, in its fork server.
+
+    Prefect's engine asks the server for it (``GET /admin/storage``) twice per flow run, and
+    a flow-run child, a fresh fork, has no cache: 2 of a trivial job's 16 requests. The answer
+    changes only when an administrator sets another default, as rarely as the server's version.
+    """
+    from prefect import results
+    from prefect.client.orchestration import get_client
+
+    # Read here, not through Prefect's helper, which answers None (local storage) on errors:
+    # a server that cannot answer now leaves every child to ask it, as before.
+    with get_client(sync_client=True) as client:
+        block_id = client.read_server_default_result_storage().default_result_storage_block_id
+
+    async def read_async() -> Any:
+        return block_id
+
+    results._read_server_default_result_storage_block_id = lambda: block_id  # type: ignore[assignment]
+    results._aread_server_default_result_storage_block_id = read_async  # type: ignore[assignment]
+
+
+#: Kinds of the objects Prefect's events relate a flow run to, as its resource cache keys them.
+RELATED_KINDS = ("flow", "deployment", "work-queue", "work-pool")
+
+
+def prime_related_objects(related: dict[str, Any] | None) -> None:
+    """Put the flow, deployment, work queue and work pool of the run (read by the pilot worker,
+    cached there) into Prefect's cache of related objects for events: each child otherwise
+    reads all four again for its first event (4 of a trivial job's 16 requests)."""
+    if not related:
+        return
+    from prefect.events.related import RESOURCE_CACHE
+    from prefect.types._datetime import now
+
+    for key, obj in related.items():
+        RESOURCE_CACHE[key] = ({"kind": key.split(".", 1)[0], "object": obj}, now("UTC"))
+
+
 def claimed_for(state: Any, claim: str) -> bool:
     """Whether a flow run's state is the pilot worker's claim for the execution ``claim``."""
     return state is not None and state.is_pending() and (state.message or "").endswith(claim)
@@ -334,6 +375,7 @@ def child_main(
     pilot: str,
     pilot_pid: int,
     done: Connection | None = None,
+    related: dict[str, Any] | None = None,
 ) -> None:
     """Body of the child process of one flow run (see the module docstring)."""
     _die_with_parent()
@@ -351,6 +393,7 @@ def child_main(
     flow_run = load_flow_run(UUID(run_id))
     if not claimed_for(flow_run.state, claim):
         sys.exit(NOT_CLAIMED)
+    prime_related_objects(related)
     logger = flow_run_logger(flow_run=flow_run)
     code = 0
     try:
@@ -405,6 +448,14 @@ def stop_tree(pid: int, grace_s: float) -> None:
 def cancel_local(run_id: str, grace_s: float = 5.0) -> bool:
     """Stop the child running ``run_id`` on this pilot, if any (called through
     ``Client.run`` on every pilot); returns whether this pilot had it."""
+    from p3s.pilots import shared
+
+    if run_id in _shared_runs:
+        _cancelled.add(run_id)
+        if shared.cancel_local(run_id, grace_s):
+            return True
+        _cancelled.discard(run_id)
+        return False
     proc = _running.get(run_id)
     if proc is None or proc.pid is None:
         return False
@@ -414,10 +465,13 @@ def cancel_local(run_id: str, grace_s: float = 5.0) -> bool:
     return True
 
 
-def run_on_pilot(run_id: str, entrypoint: str, claim: str) -> dict[str, Any]:
+def run_on_pilot(
+    run_id: str, entrypoint: str, claim: str, related: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The Dask task of one flow run: fork its child, wait for it, say how it ended.
 
-    ``claim`` is the Dask key the pilot worker named in its claim (the run's Pending state).
+    ``claim`` is the Dask key the pilot worker named in its claim (the run's Pending state);
+    ``related`` the run's objects for its events (see :func:`prime_related_objects`).
 
     Returns:
         ``run_id``, ``pilot`` (Dask worker name), ``exit_code`` (negative: killed by that
@@ -425,13 +479,25 @@ def run_on_pilot(run_id: str, entrypoint: str, claim: str) -> dict[str, Any]:
     """
     from distributed import get_worker
 
+    from p3s.pilots import shared
+
     pilot = str(get_worker().name)
     ctx = fork_context()
     started = time.monotonic()
+    if shared.serves(entrypoint):
+        _shared_runs.add(run_id)
+        try:
+            try:
+                code = shared.engine_for(ctx, pilot).run(run_id, entrypoint, claim, related)
+            except shared.EngineGone:  # it ended just now: a fresh one takes the run
+                code = shared.engine_for(ctx, pilot).run(run_id, entrypoint, claim, related)
+        finally:
+            _shared_runs.discard(run_id)
+        return _outcome(run_id, pilot, code, started)
     done_r, done_w = ctx.Pipe(duplex=False)  # type: ignore[attr-defined]
     proc = ctx.Process(  # type: ignore[attr-defined]
         target=child_main,
-        args=(run_id, entrypoint, claim, pilot, os.getpid(), done_w),
+        args=(run_id, entrypoint, claim, pilot, os.getpid(), done_w, related),
         name=f"p3s-run-{run_id}",
     )
     proc.start()
@@ -450,6 +516,10 @@ def run_on_pilot(run_id: str, entrypoint: str, claim: str) -> dict[str, Any]:
     finally:
         done_r.close()
         _running.pop(run_id, None)
+    return _outcome(run_id, pilot, code, started)
+
+
+def _outcome(run_id: str, pilot: str, code: int | None, started: float) -> dict[str, Any]:
     cancelled = run_id in _cancelled
     _cancelled.discard(run_id)
     return {

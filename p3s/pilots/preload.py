@@ -40,6 +40,10 @@ with contextlib.suppress(Exception):
     from p3s.pilots.execute import settle_client_handshakes
 
     settle_client_handshakes()
+with contextlib.suppress(Exception):
+    from p3s.pilots.execute import settle_result_storage
+
+    settle_result_storage()
 # Children fork from here: keep the collector off the objects imported so far, so that a
 # child's first collection does not write to (and so copy) every page that holds them.
 gc.collect()

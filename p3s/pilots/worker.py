@@ -64,8 +64,38 @@ from p3s.pilots import api_retry, execute, limits, scaling
 from p3s.pilots.status import PilotCounts, publish
 from p3s.settings import Settings, get_settings
 
+#: Seconds the runs' flows, deployments, work queues and pools are reused for their events.
+RELATED_TTL_S = 300.0
 #: Seconds a cancelled payload gets between SIGTERM and SIGKILL.
 CANCEL_GRACE_S = 5.0
+
+
+async def related_objects(
+    client: Any, run: FlowRun, cache: dict[str, tuple[Any, float]]
+) -> dict[str, Any]:
+    """The run's flow, deployment, work queue and work pool, keyed as Prefect's events cache
+    them, read at most once per ``RELATED_TTL_S`` into ``cache`` (the worker's, for all its
+    runs): a flow-run child reads all four for its first event otherwise (4 requests per run).
+    Best effort: what cannot be read is left to the child."""
+    wanted = {
+        f"flow.{run.flow_id}": (client.read_flow, run.flow_id),
+        f"deployment.{run.deployment_id}": (client.read_deployment, run.deployment_id),
+        f"work-queue.{run.work_queue_id}": (client.read_work_queue, run.work_queue_id),
+        f"work-pool.{run.work_pool_name}": (client.read_work_pool, run.work_pool_name),
+    }
+    found: dict[str, Any] = {}
+    for key, (read, obj_id) in wanted.items():
+        if obj_id is None:
+            continue
+        cached = cache.get(key)
+        if cached is None or time.monotonic() - cached[1] > RELATED_TTL_S:
+            try:
+                cached = (await read(obj_id), time.monotonic())
+            except Exception:
+                continue
+            cache[key] = cached
+        found[key] = cached[0]
+    return found
 
 
 class PilotJobConfiguration(BaseJobConfiguration):
@@ -140,6 +170,9 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
         self._dask: Any = None
         self._in_flight: dict[UUID, InFlight] = {}
         self._entrypoints: dict[UUID, str] = {}
+        #: The runs' flows, deployments, work queues and pools for their children's events,
+        #: by Prefect's cache key, with the time each was read.
+        self._related: dict[str, tuple[Any, float]] = {}
         # Runs whose child ended before the run started, and how often (see _settle).
         self._not_started: dict[UUID, int] = {}
         self._skipped = 0
@@ -430,7 +463,11 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
         if run.deployment_id not in self._entrypoints:
             deployment = await self.client.read_deployment(run.deployment_id)
             self._entrypoints[run.deployment_id] = deployment.entrypoint or ""
+            self._related[f"deployment.{run.deployment_id}"] = (deployment, time.monotonic())
         return self._entrypoints[run.deployment_id] or None
+
+    async def _related_objects(self, run: FlowRun) -> dict[str, Any]:
+        return await related_objects(self.client, run, self._related)
 
     async def _submit(self, run: FlowRun, key: str) -> InFlight | None:
         try:
@@ -442,11 +479,13 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
                 run.id, Crashed(message="no deployment entrypoint: pilots run deployments only")
             )
             return None
+        related = await self._related_objects(run)
         future = self._dask.submit(
             execute.run_on_pilot,
             str(run.id),
             entrypoint,
             key,
+            related,
             key=key,
             pure=False,
             retries=0,

@@ -94,6 +94,7 @@ def start_pilots(stack: Stack, cluster: str, **overrides: str) -> Pilots:
         os.environ.update(saved)
     system.setup_pilot_pool(settings, lambda _: None)
     system.start_pilot_worker(settings, lambda _: None, extra_env=env)
+    pool = settings.pilots.pool_name or pool  # an override may name another pool
     pilots = Pilots(settings=settings, env=env, deployment=f"p3s-job/{pool}")
     wait_for(
         lambda: pilots.counts().get("idle", 0) >= 1,
