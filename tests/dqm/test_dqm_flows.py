@@ -283,3 +283,33 @@ def test_damaged_files_fail_once_naming_the_fault_and_stay_in_place(outcome: Out
             assert "p3s.outbox.url" not in event.resource
     finally:
         catalog.dispose()
+
+
+def test_a_transport_failing_every_try_fails_the_run_saying_so_and_keeps_its_products(
+    outcome: Outcome, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The output transport is a task of the DQM run: when every try fails, the run ends
+    ``TransportFailed`` naming the cause, and what the payload produced stays recorded."""
+    from p3s.settings import get_settings
+
+    blocked = tmp_path / "replica-is-a-file"
+    blocked.write_text("a file where the replica folder should be")
+    monkeypatch.setenv("P3S_INBOX__REPLICA_URL", f"file://{blocked}")
+    monkeypatch.setenv("P3S_STORAGE__ATTEMPTS", "2")
+    monkeypatch.setenv("P3S_STORAGE__BACKOFF_SECONDS", "0.1")
+    get_settings.cache_clear()
+    try:
+        path = _simulate(outcome.stack.settings.data / "dqm-test" / raw_filename(47, 1), 47, 1)
+        run = _run_in_process("dqm-beam/inbox", storage.url_for(path))
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+    assert run.state.type.value == "FAILED" and run.state.name == "TransportFailed"
+    assert "replicating them failed after retries" in (run.state.message or "")
+    catalog = Catalog(outcome.stack.settings.catalog)
+    try:
+        (row,) = [r for r in catalog.completed() if r["file"] == path.name]
+    finally:
+        catalog.dispose()
+    assert row["payload"] == "beam"
+    assert blocked.read_text() == "a file where the replica folder should be"  # not disturbed
