@@ -10,15 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from p3s.payloads.runner import PAYLOADS, load_payload, run_payload
+from p3s.payloads.runner import run_payload
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-
-# Every payload module (numpy, scipy, hist, uproot, matplotlib: about 0.8 CPU-s) is imported
-# with this one: a pilot's fork server imports every flow, so it holds them once and each DQM
-# flow-run child forked from it starts with them instead of importing them again.
-for _name in PAYLOADS:
-    load_payload(_name)
 
 
 @dataclass(frozen=True)

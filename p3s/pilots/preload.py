@@ -1,8 +1,9 @@
 """Imported once by each pilot's fork server, so that every flow-run child starts warm.
 
 Everything imported here is shared (copy-on-write) by the children forked for flow runs: the
-Prefect flow engine and client, and every flow module of ``p3s.flows``. A flow module that
-fails to import is skipped here; the child reports the error when it needs that flow.
+Prefect flow engine and client, every flow module of ``p3s.flows`` and every DQM payload
+module. A flow module that fails to import is skipped here; the child reports the error when
+it needs that flow.
 """
 
 from __future__ import annotations
@@ -27,6 +28,13 @@ def _import_flows() -> None:
 
 
 _import_flows()
+# Every DQM payload module (numpy, scipy, hist, uproot, matplotlib: about 0.8 CPU-s), which the
+# DQM flows import only when a payload runs: held here once, each DQM child starts with them.
+with contextlib.suppress(Exception):
+    from p3s.payloads.runner import PAYLOADS, load_payload
+
+    for _name in PAYLOADS:
+        load_payload(_name)
 # One TLS context for every client of every child, built here once (see share_tls_contexts).
 with contextlib.suppress(Exception):
     import certifi
