@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from p3s.ports import free_port  # noqa: F401  (re-exported for the benchmarks)
+from p3s.system.ports import free_port  # noqa: F401  (re-exported for the benchmarks)
 
 
 def pct(values: list[float], q: float) -> float:

@@ -249,7 +249,7 @@ def postmaster_pid() -> int:
 
 
 async def submit_and_wait(job, n: int, deployment: str, timeout_s: float) -> list:
-    from p3s.job_client import submit_jobs, wait_for_jobs
+    from p3s.jobs.client import submit_jobs, wait_for_jobs
 
     runs = await submit_jobs([job] * n, deployment=deployment)
     # A slow poll: reading 1000 runs every second would load the server being measured.
@@ -308,10 +308,10 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from pilots import wait_pilots
 
-    from p3s import system
-    from p3s.jobs import P3SJob
-    from p3s.prefect_env import apply_client_environment
-    from p3s.settings import Settings
+    from p3s.jobs.model import P3SJob
+    from p3s.stack import control
+    from p3s.system.prefect_env import apply_client_environment
+    from p3s.system.settings import Settings
 
     settings = Settings()
     apply_client_environment(settings)
@@ -333,13 +333,13 @@ def main() -> None:
     )
     pool = settings.pilots.pool_name
     try:
-        system.up(settings, lambda line: print("  ", line))
-        system.setup_pilot_pool(settings, lambda line: print("  ", line))
-        system.start_pilot_worker(settings, lambda line: print("  ", line), extra_env=env)
+        control.up(settings, lambda line: print("  ", line))
+        control.setup_pilot_pool(settings, lambda line: print("  ", line))
+        control.start_pilot_worker(settings, lambda line: print("  ", line), extra_env=env)
         wait_pilots(settings, pool, args.pilots, timeout_s=600)
         print(f"{args.pilots} pilots with {args.slots} slots each are up")
-        server_pid = system.server_process(settings).process().pid
-        pilot_worker_pid = system.pilot_worker_process(settings).process().pid
+        server_pid = control.server_process(settings).process().pid
+        pilot_worker_pid = control.pilot_worker_process(settings).process().pid
 
         from prefect.client.orchestration import get_client
 
@@ -358,7 +358,7 @@ def main() -> None:
             )
         wall = time.time() - t0
     finally:
-        system.down(settings, lambda line: None)
+        control.down(settings, lambda line: None)
         asyncio.run(pg(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'))
         redis.Redis.from_url(redis_url).flushdb()
 

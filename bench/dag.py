@@ -31,9 +31,9 @@ from pathlib import Path
 from benchlib import free_port
 
 
-def fan_template(n: int, name: str):  # -> p3s.graphml.Template
+def fan_template(n: int, name: str):  # -> p3s.workflows.graphml.Template
     """One root, ``n`` middle nodes, one sink; every node a noop."""
-    from p3s.graphml import EdgeSpec, NodeSpec, Template
+    from p3s.workflows.graphml import EdgeSpec, NodeSpec, Template
 
     def noop(node_id: str) -> NodeSpec:
         return NodeSpec(id=node_id, jobtype="noop", timelimit=0)
@@ -83,8 +83,8 @@ def run_workflow(n: int, home: Path) -> tuple[float, float, str]:
     """Seconds until the p3s-workflow flow returns, and until the server has all its events."""
     from p3s.flows.workflow import p3s_workflow
 
-    from p3s.graphml import to_graphml
-    from p3s.workflows import register_template
+    from p3s.workflows.graphml import to_graphml
+    from p3s.workflows.templates import register_template
 
     name = f"dag-fan-{n}"
     path = home / f"{name}.graphml"
@@ -123,9 +123,9 @@ def main() -> int:
             "PREFECT_LOGGING_LEVEL": "WARNING",
         }
     )
-    from p3s.prefect_env import apply_client_environment
-    from p3s.settings import get_settings
-    from p3s.system import down, start_server
+    from p3s.stack.control import down, start_server
+    from p3s.system.prefect_env import apply_client_environment
+    from p3s.system.settings import get_settings
 
     settings = get_settings()
     apply_client_environment(settings)

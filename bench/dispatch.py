@@ -42,7 +42,7 @@ async def segments(client, run_id) -> dict[str, float]:
 async def measure(job, marks: Path, n_latency: int, n_throughput: int) -> dict:
     from prefect.client.orchestration import get_client
 
-    from p3s.job_client import submit_jobs
+    from p3s.jobs.client import submit_jobs
     from tests.conftest import wait_for_runs
 
     out: dict = {"latency": [], "segments": []}
@@ -102,10 +102,10 @@ def main() -> None:
         }
     )
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from p3s import system
-    from p3s.jobs import P3SJob
-    from p3s.prefect_env import apply_client_environment
-    from p3s.settings import Settings
+    from p3s.jobs.model import P3SJob
+    from p3s.stack import control
+    from p3s.system.prefect_env import apply_client_environment
+    from p3s.system.settings import Settings
 
     settings = Settings()
     apply_client_environment(settings)
@@ -115,7 +115,7 @@ def main() -> None:
         f"p95 {pct(base_lat, 0.95) * 1e3:.1f} ms; {base_rate:.1f} jobs/s"
     )
     try:
-        system.up(settings, lambda line: print("  ", line))
+        control.up(settings, lambda line: print("  ", line))
         job = P3SJob(
             name="bench",
             timeout=60,
@@ -126,7 +126,7 @@ def main() -> None:
         )
         res = asyncio.run(measure(job, marks, args.latency_jobs, args.throughput_jobs))
     finally:
-        system.down(settings, lambda line: None)
+        control.down(settings, lambda line: None)
     lat = res["latency"]
     p50, p95 = pct(lat, 0.5), pct(lat, 0.95)
     print(f"p3s ({args.worker}, concurrency {args.concurrency}), {len(lat)} jobs one at a time:")

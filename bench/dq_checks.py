@@ -51,7 +51,7 @@ def main() -> int:
     from p3s.payloads import beam, purity, tpc_monitor
     from p3s.payloads.rawformat import Geometry, open_raw
 
-    from p3s.catalog import Catalog
+    from p3s.dqm.catalog import Catalog
     from p3s.dqm.checks import load_checks
     from p3s.dqm.quality import evaluate_file
     from tests.dqm.simruns import process, simulate_run

@@ -13,7 +13,7 @@ creates the p3s work pool, its flows and deployments through the API, then:
    Scheduled, Late, Pending and Running runs, a Running and a final state row per run
    (``state_id`` pointing at the final one), ``--task-runs`` task runs per finished run and one
    state event per run of the last ``--event-days`` days; then ``ANALYZE``;
-3. measures the same calls again, then once more after ``p3s.history.ensure_indexes`` added
+3. measures the same calls again, then once more after ``p3s.system.history.ensure_indexes`` added
    the p3s indexes to Prefect's tables.
 
 Each call is made ``--repeat`` times one after another (after one warm-up); p50 and p95 of the
@@ -45,8 +45,8 @@ PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
 from p3s import system  # noqa: E402
-from p3s.history import INDEXES, ensure_indexes  # noqa: E402
-from p3s.settings import Settings  # noqa: E402
+from p3s.system.history import INDEXES, ensure_indexes  # noqa: E402
+from p3s.system.settings import Settings  # noqa: E402
 
 PG = "postgresql://postgres@127.0.0.1:5432"
 #: (flow, deployment, deployment tags, p3s job types): the flows a DQM day runs.

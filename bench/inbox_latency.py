@@ -230,9 +230,9 @@ def main() -> None:
         }
     )
     sys.path.insert(0, str(PROJECT_DIR))
-    from p3s import system
-    from p3s.prefect_env import apply_client_environment
-    from p3s.settings import Settings
+    from p3s.stack import control
+    from p3s.system.prefect_env import apply_client_environment
+    from p3s.system.settings import Settings
 
     settings = Settings()
     apply_client_environment(settings)
@@ -241,14 +241,14 @@ def main() -> None:
     print(f"home {home}; bringing the system up (p3s up, {args.worker})…", flush=True)
     bare = bare_baseline(home / "bare", args.files)
     try:
-        system.up(settings, lambda line: print("  " + line, flush=True))
+        control.up(settings, lambda line: print("  " + line, flush=True))
         with temporary_settings(updates={PREFECT_API_URL: settings.api_url}):
             deployment_id = asyncio.run(create_bench_deployment(settings.pool.name))
             time.sleep(2)  # the trigger service loads the new automation
             rows = asyncio.run(measure(settings, deployment_id, args.files))
         report(args.worker, rows, bare)
     finally:
-        system.down(settings, lambda line: None)
+        control.down(settings, lambda line: None)
 
 
 if __name__ == "__main__":

@@ -193,9 +193,9 @@ def main() -> None:
         env["P3S_SERVER__DATABASE_URL"] = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{dbname}"
     os.environ.update(env)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from p3s import system
-    from p3s.prefect_env import apply_client_environment
-    from p3s.settings import Settings
+    from p3s.stack import control
+    from p3s.system.prefect_env import apply_client_environment
+    from p3s.system.settings import Settings
 
     settings = Settings()
     apply_client_environment(settings)
@@ -209,13 +209,13 @@ def main() -> None:
     base = min(payload_baseline(f, home / "baseline") for f in files[:3])
     print(f"baseline: the four payloads in-process on one file: {base:.2f} s")
     try:
-        system.up(settings, lambda line: print("  ", line))
+        control.up(settings, lambda line: print("  ", line))
         print(f"feeding {args.rate} file/s for {args.minutes} min ({args.pilots} pilots)")
         arrived, ended, where, samples = feed_and_watch(
             settings, files, args.rate, args.minutes, args.drain_minutes
         )
     finally:
-        system.down(settings, lambda line: None)
+        control.down(settings, lambda line: None)
         if args.postgres:
             from pilots import _pg
 

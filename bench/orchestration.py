@@ -97,10 +97,10 @@ def process_cpu(roots: dict[str, int]) -> dict[tuple[int, str], tuple[float, ...
 
 def service_roots(settings) -> dict[str, int]:
     """The processes ``p3s up`` started, by service name."""
-    from p3s import system
+    from p3s.stack import control
 
     roots = {}
-    for service in system.managed(settings):
+    for service in control.managed(settings):
         process = service.process()
         if process is not None:
             roots[service.name] = process.pid
@@ -134,9 +134,9 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="p3s-bench-orch-"))
     os.environ.update(embedded_system_env(home, args.pilots))
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from p3s import system
-    from p3s.prefect_env import apply_client_environment
-    from p3s.settings import Settings
+    from p3s.stack import control
+    from p3s.system.prefect_env import apply_client_environment
+    from p3s.system.settings import Settings
 
     settings = Settings()
     apply_client_environment(settings)
@@ -154,7 +154,7 @@ def main() -> None:
     )
 
     try:
-        system.up(settings, lambda line: print("  ", line))
+        control.up(settings, lambda line: print("  ", line))
         roots = service_roots(settings)
         # One file first: the pilots' first runs, page cache; not charged.
         feed_and_watch(settings, files[:1], 1.0, 1 / 60, args.drain_minutes, first_run=90000)
@@ -172,7 +172,7 @@ def main() -> None:
         detail_after = process_cpu(roots)
         runs = asyncio.run(flow_run_count()) - runs_before
     finally:
-        system.down(settings, lambda line: None)
+        control.down(settings, lambda line: None)
 
     n_ended = len(ended)
     if not n_ended:

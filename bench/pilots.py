@@ -36,7 +36,7 @@ date +%s.%N > "$P3S_BENCH_DIR/$P3S_JOB_UUID"
 
 
 async def latency(job, marks: Path, n: int, deployment: str) -> list[float]:
-    from p3s.job_client import submit_jobs, wait_for_jobs
+    from p3s.jobs.client import submit_jobs, wait_for_jobs
 
     out = []
     ids = []
@@ -50,7 +50,7 @@ async def latency(job, marks: Path, n: int, deployment: str) -> list[float]:
 
 
 async def throughput(job, n: int, deployment: str) -> tuple[float, int]:
-    from p3s.job_client import submit_jobs, wait_for_jobs
+    from p3s.jobs.client import submit_jobs, wait_for_jobs
 
     t0 = time.time()
     runs = await submit_jobs([job] * n, deployment=deployment)
@@ -116,8 +116,8 @@ def wait_pilots(settings, pool: str, n: int, timeout_s: float = 300) -> None:
     raise TimeoutError(f"{n} pilots not up within {timeout_s} s")
 
 
-def start_pilots(system, base_env: dict, n_min: int, n_max: int, engine: str = "fork"):
-    from p3s.settings import Settings
+def start_pilots(control, base_env: dict, n_min: int, n_max: int, engine: str = "fork"):
+    from p3s.system.settings import Settings
 
     env = {
         **base_env,
@@ -128,7 +128,7 @@ def start_pilots(system, base_env: dict, n_min: int, n_max: int, engine: str = "
     }
     os.environ.update(env)
     settings = Settings()
-    system.start_pilot_worker(settings, lambda line: print("  ", line), extra_env=env)
+    control.start_pilot_worker(settings, lambda line: print("  ", line), extra_env=env)
     wait_pilots(settings, settings.pilots.pool_name, n_min)
     return settings
 
@@ -182,10 +182,10 @@ def main() -> None:
         )
     os.environ.update(base_env)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from p3s import system
-    from p3s.jobs import P3SJob
-    from p3s.prefect_env import apply_client_environment
-    from p3s.settings import Settings
+    from p3s.jobs.model import P3SJob
+    from p3s.stack import control
+    from p3s.system.prefect_env import apply_client_environment
+    from p3s.system.settings import Settings
 
     settings = Settings()
     apply_client_environment(settings)
@@ -205,11 +205,11 @@ def main() -> None:
     )
     pilot_deployment = f"p3s-job/{settings.pilots.pool_name}"
     try:
-        system.up(settings, lambda line: print("  ", line))
-        system.setup_pilot_pool(settings, lambda line: print("  ", line))
+        control.up(settings, lambda line: print("  ", line))
+        control.setup_pilot_pool(settings, lambda line: print("  ", line))
         engines = args.engines.split(",")
-        pilots = start_pilots(system, base_env, 4, 4, engines[0])
-        server_pid = system.server_process(settings).process().pid
+        pilots = start_pilots(control, base_env, 4, 4, engines[0])
+        server_pid = control.server_process(settings).process().pid
 
         proc_lat = asyncio.run(latency(job, marks, args.process_latency_jobs, "p3s-job/adhoc"))
         print(
@@ -226,8 +226,8 @@ def main() -> None:
         rates: dict[str, float] = {}
         for engine in engines:
             if engine != engines[0]:
-                system.pilot_worker_process(pilots).stop()
-                pilots = start_pilots(system, base_env, 4, 4, engine)
+                control.pilot_worker_process(pilots).stop()
+                pilots = start_pilots(control, base_env, 4, 4, engine)
             with Sampler(server_pid) as sampler:
                 rate, ok = asyncio.run(throughput(job, args.throughput_jobs, pilot_deployment))
             print(
@@ -270,8 +270,8 @@ def main() -> None:
             for engine, rate in rates.items()
         ]
         if args.queue_jobs > 0:
-            system.pilot_worker_process(pilots).stop()
-            pilots = start_pilots(system, base_env, args.many_pilots, args.many_pilots, engines[0])
+            control.pilot_worker_process(pilots).stop()
+            pilots = start_pilots(control, base_env, args.many_pilots, args.many_pilots, engines[0])
             with Sampler(server_pid) as sampler:
                 rate, ok = asyncio.run(throughput(job, args.queue_jobs, pilot_deployment))
             print(
@@ -290,7 +290,7 @@ def main() -> None:
         # One machine-readable line for bench/run_all.py.
         print("BENCH " + json.dumps({"bench": "pilots", "figures": figures}))
     finally:
-        system.down(settings, lambda line: None)
+        control.down(settings, lambda line: None)
         if args.postgres:
             asyncio.run(pg(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'))
 

@@ -6,7 +6,7 @@ Writes one random file of ``--size-mb`` MB, starts a loopback XRootD server (Deb
 xrootd-server, as ``tests/xrootd_server.py`` does), and times, keeping the best of
 ``--repeat`` runs and alternating the contenders:
 
-* local: ``p3s.storage.stage_in`` (copy, size and adler32 of both sides) beside
+* local: ``p3s.files.storage.stage_in`` (copy, size and adler32 of both sides) beside
   ``shutil.copyfile`` (the bare copy), and ``stage_out`` beside the same;
 * XRootD: ``stage_in`` (stat, server checksum, copy, local adler32) beside ``xrdcp`` (the
   bare copy over the same server), and ``stage_out`` (write to a temporary name, server

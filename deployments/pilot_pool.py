@@ -13,7 +13,7 @@ from p3s.deployments.work_pool import ensure_work_pool
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import DeploymentUpdate
 
-from p3s.settings import PROJECT_DIR
+from p3s.system.settings import PROJECT_DIR
 
 PILOT_POOL_TYPE = "p3s-pilot"
 #: Flows deployed on the pilot pool (entrypoints relative to the project).

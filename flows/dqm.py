@@ -21,11 +21,11 @@ with a message naming the fault; its outcome still settles the file's life cycle
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from p3s.payloads.rawformat import RawFormatError, parse_filename
+from p3s.payloads.rawformat import RawFormatError
 from p3s.tasks.analyse import analyse
 from p3s.tasks.publish import emit_finished, emit_values, publish_artifacts, record_result
 from p3s.tasks.quality import evaluate_quality
@@ -36,35 +36,9 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
-from p3s.settings import get_settings
-from p3s.storage import FileVanished, StorageError
-
-
-@dataclass(frozen=True)
-class RawFile:
-    """The raw file a DQM run works on: its URL, name, run/subrun and data type."""
-
-    url: str
-    name: str
-    run: int
-    subrun: int
-    datatype: str | None = None
-
-    @classmethod
-    def from_params(
-        cls, url: str, run: int | None, subrun: int | None, datatype: str | None
-    ) -> RawFile:
-        """The file as the inbox event described it; run/subrun parsed from the name only
-        when the event did not carry them (a run started by hand)."""
-        name = url.rstrip("/").rpartition("/")[2]
-        if run is None or subrun is None:
-            run, subrun, _stream = parse_filename(name) or (0, 0, 0)
-        return cls(url, name, run, subrun, datatype or None)
-
-    @classmethod
-    def from_url(cls, url: str) -> RawFile:
-        """The file as its name describes it (run and subrun parsed from it)."""
-        return cls.from_params(url, None, None, None)
+from p3s.files.names import RawFile
+from p3s.files.storage import FileVanished, StorageError
+from p3s.system.settings import get_settings
 
 
 def outbox_folder(payload: str, run: int, subrun: int) -> str:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from p3s.inbox import scan_once
-from p3s.settings import get_settings
+from p3s.files.inbox import scan_once
+from p3s.system.settings import get_settings
 
 
 @flow(name="inbox-scan", log_prints=False)

@@ -7,15 +7,15 @@ import socket
 import sys
 from typing import Any
 
-from p3s.tasks.payload import TIMELIMIT_ERRCODE, PayloadOutcome, execute_payload
 from prefect import flow, get_client, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.context import get_run_context
 from prefect.states import Completed, Failed, State
 
-from p3s.jobs import P3SJob
-from p3s.payload_policy import PayloadRefused, map_prefix, resolve_command
-from p3s.settings import get_settings
+from p3s.jobs.model import P3SJob
+from p3s.jobs.policy import PayloadRefused, map_prefix, resolve_command
+from p3s.jobs.process import TIMELIMIT_ERRCODE, PayloadOutcome, execute_payload
+from p3s.system.settings import get_settings
 
 #: Name of the failed state of a payload stopped at its limit (p3s's "timelimit").
 TIMELIMIT_STATE = "TimeLimit"

@@ -18,7 +18,6 @@ from typing import Any
 
 import networkx as nx
 from p3s.flows.job import REFUSED_STATE, final_state, job_environment
-from p3s.tasks.payload import execute_payload
 from prefect import flow, get_client, get_run_logger, tags, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -27,10 +26,11 @@ from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run as current_run
 from prefect.states import Cancelled, Completed, Failed, State
 
-from p3s.graphml import anchor_payload
-from p3s.payload_policy import PayloadRefused, map_prefix, resolve_command
-from p3s.settings import get_settings
-from p3s.workflows import (
+from p3s.jobs.policy import PayloadRefused, map_prefix, resolve_command
+from p3s.jobs.process import execute_payload
+from p3s.system.settings import get_settings
+from p3s.workflows.graphml import anchor_payload
+from p3s.workflows.templates import (
     NodeJob,
     TemplateError,
     Workflow,
@@ -256,7 +256,7 @@ def publish_drawing(workflow: Workflow, states: dict[str, State[Any]], run_id: s
 
     from prefect.artifacts import create_markdown_artifact
 
-    from p3s.workflow_client import NodeView, draw_workflow, graph_png_path
+    from p3s.workflows.client import NodeView, draw_workflow, graph_png_path
 
     views = [
         NodeView(

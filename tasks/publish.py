@@ -21,13 +21,13 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from p3s.ui_extensions.links import page_url
 from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 
 from p3s.alarms.ranges import DECIMALS, sortable
-from p3s.catalog import ProductInfo, open_catalog
-from p3s.settings import get_settings
+from p3s.dqm.catalog import ProductInfo, open_catalog
+from p3s.dqm.links import page_url
+from p3s.system.settings import get_settings
 
 FINISHED_EVENT = "p3s.dqm.finished"
 VALUE_EVENT = "p3s.dqm.value"

@@ -14,7 +14,7 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from p3s.catalog import open_catalog
+from p3s.dqm.catalog import open_catalog
 from p3s.dqm.checks import CheckFileError, load_checks
 from p3s.dqm.events import emit_quality
 from p3s.dqm.quality import evaluate_file

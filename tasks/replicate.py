@@ -2,7 +2,7 @@
 
 The products folder the run staged out (``OUTBOX/runRRRRRR/SSSS/PAYLOAD``) is copied to the
 same place under the replica root with adler32 verification and a manifest
-(:func:`p3s.transport.replicate`); storage failures and a differing checksum are retried with
+(:func:`p3s.files.transport.replicate`); storage failures and a differing checksum are retried with
 backoff. A folder already replicated with the same manifest is left alone.
 """
 
@@ -11,9 +11,9 @@ from __future__ import annotations
 from p3s.tasks.retries import retry_on, storage_retries, storage_task_options
 from prefect import get_run_logger, task
 
-from p3s.settings import get_settings
-from p3s.storage import ChecksumMismatch, StorageUnavailable
-from p3s.transport import Replica, TransportError, replicate
+from p3s.files.storage import ChecksumMismatch, StorageUnavailable
+from p3s.files.transport import Replica, TransportError, replicate
+from p3s.system.settings import get_settings
 
 #: A replica that differed is copied again; so is a storage that did not answer.
 _retry = retry_on(StorageUnavailable, ChecksumMismatch, TransportError, OSError)
@@ -38,6 +38,6 @@ def _replicate(outbox_url: str) -> Replica:
 def replicate_outputs(outbox_url: str) -> Replica:
     """Copy the products folder ``outbox_url`` to the replica location.
 
-    Raises what the last try raised (:class:`~p3s.transport.TransportError`, a storage error).
+    Raises what the last try raised (:class:`~p3s.files.transport.TransportError`, a storage error).
     """
     return _replicate.with_options(**storage_retries())(outbox_url)

@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 
-from p3s.settings import get_settings
+from p3s.system.settings import get_settings
 
 RetryCondition = Callable[[Task[Any, Any], TaskRun, State[Any]], bool]
 

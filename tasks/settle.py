@@ -4,20 +4,24 @@ Runs at the end of every DQM flow run (completed, failed or corrupt): it records
 payload reported for the raw file and moves the file from claimed/ to used/ once every payload
 of its data type has reported, or to quarantine/ (with ``NAME.reason``) when any reported it
 corrupt; only the run that moved a file to quarantine/ emits ``p3s.file.quarantined``.
-:func:`p3s.lifecycle.settle` is idempotent and safe when the runs of one file finish at once.
+:func:`p3s.files.lifecycle.settle` is idempotent and safe when the runs of one file finish at once.
 Storage failures are retried; if every try fails, the inbox watcher's sweep settles the file
 later from the DQM catalog, so the DQM run's own outcome stands.
 """
 
 from __future__ import annotations
 
+from functools import partial
+
 from p3s.tasks.retries import retry_on, storage_retries, storage_task_options
 from prefect import get_run_logger, task
 from prefect.events import emit_event
 
-from p3s.lifecycle import Settled, UnsafeName, quarantined_event, settle
-from p3s.settings import get_settings
-from p3s.storage import FileVanished, StorageError
+from p3s.dqm.catalog import catalog_outcomes
+from p3s.files.lifecycle import Settled, quarantined_event, settle
+from p3s.files.names import UnsafeName
+from p3s.files.storage import FileVanished, StorageError
+from p3s.system.settings import get_settings
 
 #: Storage and OS errors are worth another try; a refused name or unknown data type is not.
 _retry = retry_on(StorageError, OSError, unless=(FileVanished, UnsafeName, ValueError))
@@ -27,13 +31,15 @@ _retry = retry_on(StorageError, OSError, unless=(FileVanished, UnsafeName, Value
 def _settle(
     file_name: str, payload: str, outcome: str, reason: str, datatype: str | None
 ) -> Settled:
+    settings = get_settings()
     result = settle(
-        get_settings(),
+        settings,
         file_name,
         payload=payload,
         outcome=outcome,
         reason=reason,
         datatype=datatype,
+        extra_outcomes=partial(catalog_outcomes, settings),
     )
     get_run_logger().info(str(result))
     if result.action == "quarantine":  # only the run that moved it

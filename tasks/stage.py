@@ -1,9 +1,9 @@
 """Stage-in and stage-out as Prefect tasks that retry transient storage failures only.
 
-Each try is one :mod:`p3s.storage` call with one attempt; Prefect retries it with exponential
+Each try is one :mod:`p3s.files.storage` call with one attempt; Prefect retries it with exponential
 backoff (:mod:`p3s.tasks.retries`) when the storage was unavailable or a copy's checksum
 differed, so every try shows in the run's task states. A missing file
-(:class:`~p3s.storage.FileVanished`) or any other error fails at once.
+(:class:`~p3s.files.storage.FileVanished`) or any other error fails at once.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 from p3s.tasks.retries import retry_on, storage_retries, storage_task_options
 from prefect import task
 
-from p3s import storage
-from p3s.catalog import ProductInfo, file_checksums
+from p3s.dqm.catalog import ProductInfo, file_checksums
+from p3s.files import storage
 
 #: Retry condition: the try failed with StorageUnavailable or ChecksumMismatch.
 transient_storage_failure = retry_on(storage.StorageUnavailable, storage.ChecksumMismatch)
@@ -47,7 +47,7 @@ def stage_in(url: str, scratch_dir: Path) -> storage.Staged:
 def stage_out(paths: list[Path], outbox_url: str) -> list[ProductInfo]:
     """Copy each local product into the folder ``outbox_url`` atomically, in order.
 
-    Returns one :class:`~p3s.catalog.ProductInfo` (URL, size in bytes, sha256, adler32) per
+    Returns one :class:`~p3s.dqm.catalog.ProductInfo` (URL, size in bytes, sha256, adler32) per
     product. A retry writes every product again; each lands under its final name only whole.
     """
     return _stage_out.with_options(**storage_retries())(paths, outbox_url)

@@ -1,7 +1,7 @@
 """Shared fixtures: a real Prefect server (SQLite, then PostgreSQL) with the p3s pool and worker.
 
 The server, the work pool, the deployments and the worker are brought up by the same code as
-``p3s up`` (``p3s.system``), under a temporary home and a free port.
+``p3s up`` (``p3s.stack.control``), under a temporary home and a free port.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from p3s.ports import free_port
-from p3s.prefect_env import client_environment
-from p3s.settings import PACKAGED_PAYLOADS, Settings
+from p3s.system.ports import free_port
+from p3s.system.prefect_env import client_environment
+from p3s.system.settings import PACKAGED_PAYLOADS, Settings
 
 TESTS = Path(__file__).resolve().parent
 SCRIPTS = TESTS / "payload_scripts"
@@ -58,7 +58,7 @@ def stack(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
     """A real Prefect server with the p3s work pool, its deployments and its pilots."""
-    from p3s import system
+    from p3s.stack import control
 
     backend = request.param
     home = tmp_path_factory.mktemp(f"p3s-{backend}")
@@ -92,13 +92,13 @@ def stack(
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     try:
-        system.up(settings, _noop)
+        control.up(settings, _noop)
         # Prefect read its settings when it was first imported: point this process's client
         # at the stack explicitly.
         with temporary_settings(updates={PREFECT_API_URL: settings.api_url}):
             yield Stack(settings=settings, env=env, backend=backend)
     finally:
-        system.down(settings, _noop)
+        control.down(settings, _noop)
         os.environ.clear()
         os.environ.update(saved)
         if backend == "postgresql":
@@ -107,6 +107,6 @@ def stack(
 
 async def wait_for_runs(run_ids: list, timeout_s: float = 240.0) -> list:
     """Poll until every flow run is in a final state; returns the runs."""
-    from p3s.job_client import wait_for_jobs
+    from p3s.jobs.client import wait_for_jobs
 
     return await wait_for_jobs(run_ids, timeout_s)

@@ -26,14 +26,14 @@ from prefect.client.schemas.filters import (
     FlowRunFilterTags,
 )
 
-from p3s.settings import Settings
-from p3s.states import P3S_FILTERS, p3s_state
+from p3s.dqm.links import PAYLOAD_PAGES, flow_run_ui_url, page_path, prefect_ui_url, product_path
+from p3s.jobs.states import P3S_FILTERS, p3s_state
+from p3s.system.settings import Settings
 
 from . import content, plots
 from .access import Access
 from .dashboard import STATES, WINDOWS, Summary, build_summary
 from .landing import build_landing
-from .links import PAYLOAD_PAGES, flow_run_ui_url, page_path, prefect_ui_url, product_path
 from .prefect_api import PrefectApi
 from .shared_refresh import SharedRefresh
 
@@ -232,7 +232,7 @@ def create_app(settings: Settings) -> FastAPI:
         url = str(parameters.get("file_url", ""))
         flow_name = names.get(str(run.flow_id), "")
         if flow_name.startswith("dqm-"):
-            from p3s.flows.dqm import RawFile
+            from p3s.files.names import RawFile
 
             raw = RawFile.from_url(url)
             payload = flow_name.removeprefix("dqm-").replace("-", "_")
@@ -309,7 +309,7 @@ def create_app(settings: Settings) -> FastAPI:
         return Response(plots.channel_map(title, rows), media_type=PNG)
 
     def _reference(payload: str) -> int | None:
-        from p3s.catalog import open_catalog
+        from p3s.dqm.catalog import open_catalog
 
         return open_catalog().reference_run(payload)
 
@@ -406,7 +406,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/quality/{run}")
     def quality(request: Request, run: int) -> Response:
-        from p3s.catalog import open_catalog
+        from p3s.dqm.catalog import open_catalog
 
         catalog = open_catalog()
         flags = catalog.dq_flags(run)
@@ -423,7 +423,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/trends")
     def trends(request: Request) -> Response:
-        from p3s.catalog import open_catalog
+        from p3s.dqm.catalog import open_catalog
         from p3s.dqm.trends import quality_strip, trend_series
 
         catalog = open_catalog()
@@ -434,7 +434,7 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/api/trends.json")
     def trends_json(payload: str | None = None) -> JSONResponse:
         """Every key number per payload, quantity and place across runs, and the flags."""
-        from p3s.catalog import open_catalog
+        from p3s.dqm.catalog import open_catalog
         from p3s.dqm.trends import quality_strip, trend_series
 
         catalog = open_catalog()
@@ -444,7 +444,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/plots/trend/{payload}/{quantity}.png")
     def trend_png(payload: str, quantity: str) -> Response:
-        from p3s.catalog import open_catalog
+        from p3s.dqm.catalog import open_catalog
         from p3s.dqm.trends import trend_series
 
         found = trend_series(open_catalog(), payload=payload).get(payload, {}).get(quantity)
@@ -455,7 +455,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/plots/quality-strip.png")
     def quality_strip_png() -> Response:
-        from p3s.catalog import open_catalog
+        from p3s.dqm.catalog import open_catalog
         from p3s.dqm.trends import quality_strip
 
         strip = quality_strip(open_catalog())
@@ -464,7 +464,7 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/plots/overlay/{run}/{subrun}/{payload}.png")
     def overlay_png(run: int, subrun: int, payload: str, h: str) -> Response:
         """Histogram ``h`` of a run's ROOT product with the reference run's overlaid."""
-        from p3s.catalog import open_catalog
+        from p3s.dqm.catalog import open_catalog
         from p3s.dqm.references import overlay
 
         found = overlay(open_catalog(), run, subrun, payload, h)

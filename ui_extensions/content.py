@@ -15,8 +15,8 @@ from typing import Any
 from p3s.payloads.rawformat import APA_TPC
 from sqlalchemy import func, select
 
-from p3s.catalog import ChannelStatus, DqmResult, File, Product, Purity, open_catalog
-from p3s.storage import filesystem
+from p3s.dqm.catalog import ChannelStatus, DqmResult, File, Product, Purity, open_catalog
+from p3s.files.storage import filesystem
 
 #: Media types of the products the app serves; anything else is refused.
 MEDIA_TYPES = {

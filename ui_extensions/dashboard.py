@@ -29,12 +29,12 @@ from prefect.events.filters import (
 )
 from prefect.events.schemas.events import ResourceSpecification
 
-from p3s.lifecycle import Layout
+from p3s.files.lifecycle import Layout
+from p3s.files.storage import exists
+from p3s.jobs.states import p3s_state
 from p3s.pilots.scaling import required_pilots
 from p3s.pilots.status import PilotCounts, read_status, variable_name
-from p3s.settings import Settings
-from p3s.states import p3s_state
-from p3s.storage import exists
+from p3s.system.settings import Settings
 
 from .prefect_api import PrefectApi
 
@@ -63,7 +63,7 @@ _PARALLEL_QUERIES = 4
 
 
 def p3s_state_of(state_type: str, state_name: str) -> str:
-    """The p3s state of a Prefect state type and name (as :func:`p3s.states.p3s_state`)."""
+    """The p3s state of a Prefect state type and name (as :func:`p3s.jobs.states.p3s_state`)."""
     return p3s_state(State(type=StateType(state_type), name=state_name))
 
 

@@ -34,11 +34,11 @@ from prefect.events.filters import (
 )
 from prefect.events.schemas.events import ResourceSpecification
 
-from p3s.catalog import open_catalog
-from p3s.settings import Settings
+from p3s.dqm.catalog import open_catalog
+from p3s.dqm.links import PAYLOAD_PAGES, flow_run_ui_url, page_path
+from p3s.system.settings import Settings
 
 from .dashboard import ALARM_AUTOMATIONS, Summary
-from .links import PAYLOAD_PAGES, flow_run_ui_url, page_path
 from .prefect_api import PrefectApi
 
 WINDOW_HOURS = 24

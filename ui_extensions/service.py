@@ -10,9 +10,9 @@ from pathlib import Path
 
 import httpx
 
-from p3s.prefect_env import client_environment
-from p3s.services import ManagedProcess
-from p3s.settings import Settings
+from p3s.system.prefect_env import client_environment
+from p3s.system.services import ManagedProcess
+from p3s.system.settings import Settings
 
 BIN = Path(sys.executable).parent
 Report = Callable[[str], None]

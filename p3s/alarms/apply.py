@@ -19,7 +19,7 @@ from typing import Any
 
 from p3s.alarms import documents
 from p3s.alarms.targets import save_targets
-from p3s.settings import Settings
+from p3s.system.settings import Settings
 
 DATATAKING_VARIABLE = "p3s-datataking"
 

@@ -25,8 +25,8 @@ import yaml
 
 from p3s.alarms.ranges import DECIMALS, above_patterns, below_patterns
 from p3s.alarms.targets import Target
-from p3s.datatypes import DQM_DEPLOYMENTS
-from p3s.settings import PROJECT_DIR, AlarmSettings
+from p3s.system.datatypes import DQM_DEPLOYMENTS
+from p3s.system.settings import PROJECT_DIR, AlarmSettings
 
 FOLDER = PROJECT_DIR / "automations"
 #: Tag of every automation ``p3s alarms`` owns (``--prune`` deletes only these).

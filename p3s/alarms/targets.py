@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from uuid import UUID
 
-from p3s.settings import AlarmSettings
+from p3s.system.settings import AlarmSettings
 
 Kind = Literal["json", "chat", "email"]
 BLOCK_NAMES: dict[Kind, str] = {

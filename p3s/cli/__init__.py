@@ -9,8 +9,8 @@ from __future__ import annotations
 import typer
 from rich.console import Console
 
-from p3s.prefect_env import apply_client_environment
-from p3s.settings import get_settings
+from p3s.system.prefect_env import apply_client_environment
+from p3s.system.settings import get_settings
 
 from . import alarms as alarms_commands
 from . import dqm as dqm_commands

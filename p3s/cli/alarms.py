@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from p3s.settings import get_settings
+from p3s.system.settings import get_settings
 
 console = Console()
 app = typer.Typer(help="Alarms: Prefect automations kept in automations/.", no_args_is_help=True)

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from p3s.settings import get_settings
+from p3s.system.settings import get_settings
 
 console = Console(soft_wrap=True)
 
@@ -27,9 +27,9 @@ def demo(
 ) -> None:
     """Drop a simulated raw file into the inbox; the inbox watcher claims it and event
     triggers start the four DQM flows; show their states and product folders."""
-    from p3s.datatypes import classify
-    from p3s.demo import drop_into_inbox, wait_for_dqm_runs, wait_until_settled
-    from p3s.lifecycle import Layout
+    from p3s.files.lifecycle import Layout
+    from p3s.stack.demo import drop_into_inbox, wait_for_dqm_runs, wait_until_settled
+    from p3s.system.datatypes import classify
 
     settings = get_settings()
     layout = Layout.of(settings)

@@ -32,7 +32,7 @@ OUTCOME_STYLE = {"completed": "green", "failed": "red", "corrupt": "magenta"}
 
 
 def _catalog(url: str | None) -> Any:
-    from p3s.catalog import open_catalog
+    from p3s.dqm.catalog import open_catalog
 
     try:
         return open_catalog(url)
@@ -258,8 +258,8 @@ PayloadOption = Annotated[
 
 
 def _payload(name: str | None) -> str:
-    from p3s.catalog import ANY_PAYLOAD
-    from p3s.datatypes import DQM_DEPLOYMENTS
+    from p3s.dqm.catalog import ANY_PAYLOAD
+    from p3s.system.datatypes import DQM_DEPLOYMENTS
 
     if name is None:
         return ANY_PAYLOAD
@@ -374,7 +374,7 @@ def _announce(report: Any) -> None:
     """Emit the quality events of a recheck when a Prefect API is configured."""
     from prefect.settings import PREFECT_API_URL
 
-    from p3s.catalog import FlagChange
+    from p3s.dqm.catalog import FlagChange
     from p3s.dqm.events import emit_quality
 
     if not PREFECT_API_URL.value():

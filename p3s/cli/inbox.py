@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import logging
 import signal
+from functools import partial
 from types import FrameType
 from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 
-from p3s.settings import get_settings
+from p3s.system.settings import get_settings
 
 if TYPE_CHECKING:
-    from p3s.inbox import ScanReport
+    from p3s.files.inbox import ScanReport
 
 console = Console(soft_wrap=True)
 app = typer.Typer(help="The inbox: claim complete raw files and announce them to Prefect.")
@@ -27,10 +28,10 @@ def _print(report: ScanReport) -> None:
 @app.command()
 def scan() -> None:
     """One pass: claim the complete files of the inbox and emit p3s.file.arrived for each."""
-    from p3s.inbox import scan_once
-    from p3s.lifecycle import Layout
+    from p3s.files.inbox import scan_once
+    from p3s.files.lifecycle import Layout
 
-    logging.getLogger("p3s.inbox").setLevel(logging.ERROR)  # the report below says it all
+    logging.getLogger("p3s.files.inbox").setLevel(logging.ERROR)  # the report below says it all
     settings = get_settings()
     report = scan_once(settings)
     _print(report)
@@ -45,8 +46,9 @@ def scan() -> None:
 @app.command()
 def watch() -> None:
     """Scan the inbox every settings.inbox.poll_seconds until SIGTERM or Ctrl-C."""
-    from p3s.inbox import watch as watch_inbox
-    from p3s.lifecycle import Layout
+    from p3s.dqm.catalog import catalog_outcomes
+    from p3s.files.inbox import watch as watch_inbox
+    from p3s.files.lifecycle import Layout
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -63,5 +65,7 @@ def watch() -> None:
         f"watching {Layout.of(settings).inbox.url} every {settings.inbox.poll_seconds} s; "
         f"events to {settings.api_url}"
     )
-    watch_inbox(settings, lambda report: None, stop=lambda: stopping)  # logs what it does
+    outcomes = partial(catalog_outcomes, settings)
+    # logs what it does
+    watch_inbox(settings, lambda report: None, stop=lambda: stopping, extra_outcomes=outcomes)
     console.print("inbox watch stopped")

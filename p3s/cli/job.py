@@ -13,8 +13,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from p3s.jobs import JobFileError, expand_jobs, load_jobs
-from p3s.settings import get_settings
+from p3s.jobs.model import JobFileError, expand_jobs, load_jobs
+from p3s.system.settings import get_settings
 
 app = typer.Typer(
     help="Submit and follow p3s jobs (flow runs of p3s-job/adhoc).", no_args_is_help=True
@@ -43,8 +43,8 @@ def submit(
     ] = False,
 ) -> None:
     """Submit the jobs of a p3s job file as Prefect flow runs."""
-    from p3s.job_client import submit_jobs, wait_for_jobs
-    from p3s.states import p3s_state
+    from p3s.jobs.client import submit_jobs, wait_for_jobs
+    from p3s.jobs.states import p3s_state
 
     try:
         jobs = load_jobs(file)
@@ -85,7 +85,7 @@ def list_(
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines, for scripts.")] = False,
 ) -> None:
     """List p3s jobs with their p3s and Prefect states."""
-    from p3s.job_client import list_jobs
+    from p3s.jobs.client import list_jobs
 
     try:
         views = asyncio.run(list_jobs(state, jobtype, limit))
@@ -127,7 +127,7 @@ def show(job_id: Annotated[str, typer.Argument(help="Job id (the flow run id).")
     """Show one job: states, errcode, message, logs and its link in the Prefect UI."""
     from prefect.exceptions import ObjectNotFound
 
-    from p3s.job_client import show_job
+    from p3s.jobs.client import show_job
 
     try:
         view, run = asyncio.run(show_job(job_id))
@@ -160,7 +160,7 @@ def cancel(job_id: Annotated[str, typer.Argument(help="Job id (the flow run id).
     """Cancel a job; a running payload is stopped by its worker."""
     from prefect.exceptions import ObjectNotFound
 
-    from p3s.job_client import cancel_job
+    from p3s.jobs.client import cancel_job
 
     try:
         state = asyncio.run(cancel_job(job_id))

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from p3s.settings import get_settings
+from p3s.system.settings import get_settings
 
 console = Console()
 app = typer.Typer(

@@ -8,8 +8,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from p3s import system
-from p3s.settings import get_settings
+from p3s.stack import control
+from p3s.system.settings import get_settings
 
 console = Console()
 
@@ -37,7 +37,7 @@ def up(
         get_settings.cache_clear()
     settings = get_settings()
     console.print(f"[bold]p3s up[/bold]  home {settings.home}")
-    steps = system.UP_STEPS
+    steps = control.UP_STEPS
     for folder in (settings.home, settings.run_dir, settings.job_logs, settings.data):
         folder.mkdir(parents=True, exist_ok=True)
     try:
@@ -52,17 +52,17 @@ def up(
 
 def down() -> None:
     """Stop exactly the processes that `p3s up` started."""
-    system.down(get_settings(), _report)
+    control.down(get_settings(), _report)
 
 
 def status() -> None:
     """Show the processes that `p3s up` started and whether the API answers."""
     settings = get_settings()
     table = Table("service", "pid", "log")
-    for row in system.status(settings):
+    for row in control.status(settings):
         table.add_row(row.name, str(row.pid) if row.pid else "[red]not running[/red]", str(row.log))
     console.print(table)
-    healthy = system.api_healthy(settings.api_url)
+    healthy = control.api_healthy(settings.api_url)
     console.print(
         f"Prefect API {settings.api_url}: "
         + ("[green]OK[/green]" if healthy else "[red]not answering[/red]")
@@ -75,8 +75,8 @@ def deploy() -> None:
     """Create the work pool and apply prefect.yaml's deployments to a running server."""
     settings = get_settings()
     try:
-        system.setup_work_pool(settings, _report)
-        system.deploy(settings, _report)
+        control.setup_work_pool(settings, _report)
+        control.deploy(settings, _report)
     except Exception as exc:
         _fail(exc)
 

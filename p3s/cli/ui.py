@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from p3s.settings import get_settings
+from p3s.system.settings import get_settings
 
 app = typer.Typer(help="The shifters' content app.", no_args_is_help=True)
 

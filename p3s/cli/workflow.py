@@ -11,7 +11,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from p3s.settings import get_settings
+from p3s.system.settings import get_settings
 
 app = typer.Typer(
     help="Register p3s GraphML workflow templates and run them (p3s-workflow/template).",
@@ -35,8 +35,8 @@ def add(
     replace: Annotated[bool, typer.Option(help="Replace a template of the same name.")] = False,
 ) -> None:
     """Validate a GraphML template and register it on the Prefect server."""
-    from p3s.graphml import TemplateError
-    from p3s.workflows import register_template
+    from p3s.workflows.graphml import TemplateError
+    from p3s.workflows.templates import register_template
 
     try:
         registered = register_template(template, name=name, overwrite=replace)
@@ -70,9 +70,9 @@ def submit(
     ] = False,
 ) -> None:
     """Instantiate a registered template and start it as a p3s-workflow flow run."""
-    from p3s.graphml import TemplateError
-    from p3s.workflow_client import prepare_submission, submit_workflow
-    from p3s.workflows import WorkflowError
+    from p3s.workflows.client import prepare_submission, submit_workflow
+    from p3s.workflows.graphml import TemplateError
+    from p3s.workflows.templates import WorkflowError
 
     try:
         workflow, parameters = prepare_submission(
@@ -89,7 +89,7 @@ def submit(
     console.print(f"workflow {workflow.name!r}: {len(workflow.nodes)} nodes, run {run.id}")
     if not wait:
         return
-    from p3s.job_client import wait_for_jobs
+    from p3s.jobs.client import wait_for_jobs
 
     with console.status("waiting for the workflow…"):
         (done,) = asyncio.run(wait_for_jobs([run.id], timeout_s=24 * 3600))
@@ -108,7 +108,7 @@ def show(
     """The state of every node of a workflow run, and its graph drawn as a PNG."""
     from prefect.exceptions import ObjectNotFound
 
-    from p3s.workflow_client import draw_workflow, graph_png_path, node_views, read_run
+    from p3s.workflows.client import draw_workflow, graph_png_path, node_views, read_run
 
     try:
         run, task_runs = asyncio.run(read_run(run_id))
@@ -137,7 +137,7 @@ def show(
 @app.command("list")
 def list_() -> None:
     """The registered workflow templates."""
-    from p3s.workflows import list_templates
+    from p3s.workflows.templates import list_templates
 
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     for header in ("name", "nodes", "edges", "registered", "source"):
@@ -155,7 +155,7 @@ def export(
     out: Annotated[Path, typer.Argument(help="GraphML file to write.")],
 ) -> None:
     """Write a registered template back to GraphML (p3s's key layout)."""
-    from p3s.workflows import export_template
+    from p3s.workflows.templates import export_template
 
     try:
         text = export_template(name)

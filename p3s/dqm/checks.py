@@ -148,7 +148,7 @@ class CheckResult:
     reference_run: int | None = None
 
     def as_row(self) -> dict[str, Any]:
-        """The catalog row (:meth:`p3s.catalog.Catalog.record_checks`)."""
+        """The catalog row (:meth:`p3s.dqm.catalog.Catalog.record_checks`)."""
         return {
             "check": self.check,
             "area": self.area,
@@ -277,7 +277,7 @@ def load_check_file(path: str | Path) -> CheckFile:
 def load_checks(folder: str | Path | None = None) -> dict[str, CheckFile]:
     """Every check file of ``folder`` (default ``settings.dqm_checks_dir``, else packaged)."""
     if folder is None:
-        from p3s.settings import get_settings
+        from p3s.system.settings import get_settings
 
         folder = get_settings().dqm_checks_dir or PACKAGED_CHECKS
     folder = Path(folder)

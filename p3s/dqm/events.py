@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from p3s.catalog import QUALITIES, FlagChange
+from p3s.dqm.catalog import QUALITIES, FlagChange
 
 __all__ = ["QUALITY_EVENT", "emit_quality", "quality_events"]
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from p3s.catalog import Catalog, FlagChange
+from p3s.dqm.catalog import Catalog, FlagChange
 from p3s.dqm.checks import CheckFile, Outputs, evaluate, load_checks, read_root_histograms
 
 __all__ = ["RecheckReport", "evaluate_file", "recheck", "root_product_url"]
@@ -72,7 +72,7 @@ def _reader(url: str):
     def read(patterns: Sequence[str]) -> Mapping[str, np.ndarray]:
         from fsspec.implementations.local import LocalFileSystem
 
-        from p3s.storage import filesystem
+        from p3s.files.storage import filesystem
 
         fs, path = filesystem(url)
         if isinstance(fs, LocalFileSystem):

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from p3s.catalog import Catalog
+from p3s.dqm.catalog import Catalog
 from p3s.dqm.quality import root_product_url
 
 __all__ = ["Overlay", "overlay", "read_histogram"]
@@ -41,7 +41,7 @@ def read_histogram(url: str, key: str) -> tuple[np.ndarray, np.ndarray, str, str
     """(edges, values, x axis title, histogram title) of one 1-D histogram, None if absent."""
     import uproot
 
-    from p3s.storage import filesystem
+    from p3s.files.storage import filesystem
 
     fs, path = filesystem(url)
     with fs.open(path, "rb") as handle:

@@ -11,7 +11,7 @@ from collections import defaultdict
 from datetime import datetime
 from typing import Any
 
-from p3s.catalog import Catalog
+from p3s.dqm.catalog import Catalog
 from p3s.dqm.keynumbers import key_numbers
 
 __all__ = ["quality_strip", "trend_series"]

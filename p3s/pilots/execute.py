@@ -18,7 +18,7 @@ the seconds a fresh interpreter takes. The child:
 
 Because each run is a process, cancellation and a lost pilot can kill it: the child dies with
 the fork server (``PR_SET_PDEATHSIG``), the fork server exits when its Dask worker dies, and the
-payload of a ``p3s-job`` dies with the child (see :mod:`p3s.tasks.payload`).
+payload of a ``p3s-job`` dies with the child (see :mod:`p3s.jobs.process`).
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ from uuid import UUID
 
 import psutil
 
-from p3s.pidwait import wait_for_exit
-from p3s.settings import PROJECT_DIR
+from p3s.system.pidwait import wait_for_exit
+from p3s.system.settings import PROJECT_DIR
 
 #: Exit code of a child that found its run no longer Pending (someone else has it).
 NOT_CLAIMED = 3

@@ -20,9 +20,9 @@ from prefect.client.orchestration import get_client  # noqa: F401
 
 def _import_flows() -> None:
     with contextlib.suppress(Exception):
-        import p3s.flows
-
-        for info in pkgutil.iter_modules(p3s.flows.__path__):
+        # By name, as a worker loads a deployment's entrypoint: the pilots do not depend on them.
+        flows = importlib.import_module("p3s.flows")
+        for info in pkgutil.iter_modules(flows.__path__):
             with contextlib.suppress(Exception):
                 importlib.import_module(f"p3s.flows.{info.name}")
 

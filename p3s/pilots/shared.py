@@ -13,7 +13,7 @@ What the child's process boundary gave is kept:
   period), and the run's thread then leaves the run without a final state (Prefect's ``Abort``
   out of the flow: the engine proposes nothing), as a killed child did; the pilot worker sets
   ``Cancelled``;
-- time limits: :func:`p3s.tasks.payload.execute_payload` in the thread, unchanged;
+- time limits: :func:`p3s.jobs.process.execute_payload` in the thread, unchanged;
 - a lost pilot: the engine watches its pilot (a pidfd) and its pipe to it; when either goes,
   or the batch system SIGTERMs it, it kills every payload and exits at once, leaving the runs
   that were not final without a final state (the pilot worker runs them again), as a child did;
@@ -38,7 +38,7 @@ from multiprocessing.context import BaseContext
 from typing import Any
 from uuid import UUID
 
-from p3s.pidwait import wait_for_exit
+from p3s.system.pidwait import wait_for_exit
 
 #: Entrypoints whose runs a shared engine runs: flows whose work is a payload process.
 SHARED_ENTRYPOINTS = frozenset({"flows/job.py:p3s_job"})
@@ -48,7 +48,7 @@ def serves(entrypoint: str) -> bool:
     """Whether this pilot runs ``entrypoint``'s runs in its shared engine."""
     if entrypoint not in SHARED_ENTRYPOINTS:
         return False
-    from p3s.settings import get_settings
+    from p3s.system.settings import get_settings
 
     return get_settings().pilots.engine == "shared"
 
@@ -132,7 +132,7 @@ def cancel_local(run_id: str, grace_s: float) -> bool:
 
 
 class _RunWatch:
-    """The payload watch of one run (see :data:`p3s.tasks.payload.payload_watch`)."""
+    """The payload watch of one run (see :data:`p3s.jobs.process.payload_watch`)."""
 
     def __init__(self, engine: _Engine, run_id: str) -> None:
         self.engine, self.run_id = engine, run_id
@@ -208,6 +208,7 @@ class _Engine:
         from prefect.flow_engine import load_flow_run, run_flow
         from prefect.logging.loggers import flow_run_logger
 
+        from p3s.jobs.process import payload_watch
         from p3s.pilots.execute import (
             ENGINE_ERROR,
             NOT_CLAIMED,
@@ -215,7 +216,6 @@ class _Engine:
             load_entrypoint,
             prime_related_objects,
         )
-        from p3s.tasks.payload import payload_watch
 
         try:
             flow_run = load_flow_run(UUID(run_id))

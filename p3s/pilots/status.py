@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from p3s.settings import Settings
+from p3s.system.settings import Settings
 
 
 @dataclass

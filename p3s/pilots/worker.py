@@ -62,7 +62,7 @@ from prefect.workers.base import (
 from p3s.blocks.pilot_pool import PilotPool
 from p3s.pilots import api_retry, execute, limits, scaling
 from p3s.pilots.status import PilotCounts, publish
-from p3s.settings import Settings, get_settings
+from p3s.system.settings import Settings, get_settings
 
 #: Seconds the runs' flows, deployments, work queues and pools are reused for their events.
 RELATED_TTL_S = 300.0

@@ -32,9 +32,9 @@ import pytest
 from p3s.payloads.rawformat import Geometry, raw_filename
 from p3s.payloads.simulate import simulate_file
 
-from p3s import storage
 from p3s.alarms import apply as alarms_apply
-from p3s.settings import Settings, get_settings
+from p3s.files import storage
+from p3s.system.settings import Settings, get_settings
 from tests.alarms.receiver import Mailbox, Receiver, receiver, smtp_receiver
 from tests.conftest import Stack
 from tests.dqm.conftest import drain_prefect_clients

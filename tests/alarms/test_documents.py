@@ -12,7 +12,7 @@ import pytest
 from p3s.alarms import documents
 from p3s.alarms.ranges import above_patterns, below_patterns, sortable
 from p3s.alarms.targets import Target
-from p3s.settings import AlarmSettings
+from p3s.system.settings import AlarmSettings
 
 TARGETS = [
     Target("json", uuid.uuid4()),

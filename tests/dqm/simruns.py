@@ -17,7 +17,7 @@ from p3s.payloads.rawformat import Geometry, raw_filename
 from p3s.payloads.simulate import simulate_file
 from p3s.tasks.publish import _jsonable
 
-from p3s.catalog import Catalog, ProductInfo, file_checksums
+from p3s.dqm.catalog import Catalog, ProductInfo, file_checksums
 
 GEOMETRY = Geometry.reduced(n_apas=2, fibers_per_apa=4)
 PAYLOADS = {"tpc_monitor": tpc_monitor.analyse, "purity": purity.analyse}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from p3s.catalog import Catalog, ProductInfo, file_checksums, sync_url
+from p3s.dqm.catalog import Catalog, ProductInfo, file_checksums, sync_url
 from tests.conftest import _pg
 
 NAME = "np04_raw_run000042_0007_dl1.h5"

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from p3s.catalog import Catalog, ProductInfo
 from p3s.cli import app
+from p3s.dqm.catalog import Catalog, ProductInfo
 
 NAME = "np04_raw_run004649_0003_dl1.h5"
 

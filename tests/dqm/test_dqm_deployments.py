@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 from prefect.flows import load_flow_from_entrypoint
 
-from p3s.datatypes import DQM_DEPLOYMENTS
+from p3s.system.datatypes import DQM_DEPLOYMENTS
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -22,9 +22,9 @@ import pytest
 from p3s.payloads.rawformat import Geometry, raw_filename
 from p3s.payloads.simulate import simulate_file
 
-from p3s import storage
-from p3s.catalog import Catalog
-from p3s.datatypes import DQM_DEPLOYMENTS
+from p3s.dqm.catalog import Catalog
+from p3s.files import storage
+from p3s.system.datatypes import DQM_DEPLOYMENTS
 from tests.conftest import Stack, wait_for_runs
 from tests.dqm.conftest import drain_prefect_clients
 
@@ -117,7 +117,7 @@ def _run_in_process(deployment: str, file_url: str) -> Any:
 def outcome(stack: Stack) -> Iterator[Outcome]:
     """The good file through the four deployments (the worker runs them) while the damaged
     files run in this process, each as a flow run of the same server."""
-    from p3s.settings import get_settings
+    from p3s.system.settings import get_settings
 
     get_settings.cache_clear()  # this process now works for the stack: read its settings
     folder = stack.settings.data / "dqm-test"
@@ -205,9 +205,10 @@ def test_each_completed_run_evaluated_its_quality_checks_into_the_catalog(
 def test_each_run_publishes_one_summary_with_its_page_link_and_the_purity_rows(
     outcome: Outcome,
 ) -> None:
-    from p3s.ui_extensions.links import page_url
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    from p3s.dqm.links import page_url
 
     async def artifacts(run_id: Any) -> list[Any]:
         async with get_client() as client:
@@ -290,7 +291,7 @@ def test_a_transport_failing_every_try_fails_the_run_saying_so_and_keeps_its_pro
 ) -> None:
     """The output transport is a task of the DQM run: when every try fails, the run ends
     ``TransportFailed`` naming the cause, and what the payload produced stays recorded."""
-    from p3s.settings import get_settings
+    from p3s.system.settings import get_settings
 
     blocked = tmp_path / "replica-is-a-file"
     blocked.write_text("a file where the replica folder should be")

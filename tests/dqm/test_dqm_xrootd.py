@@ -17,8 +17,8 @@ import pytest
 from p3s.payloads.rawformat import Geometry, raw_filename
 from p3s.payloads.simulate import simulate_file
 
-from p3s import storage
-from p3s.catalog import Catalog
+from p3s.dqm.catalog import Catalog
+from p3s.files import storage
 from tests.conftest import Stack
 from tests.dqm.conftest import drain_prefect_clients
 from tests.xrootd_server import XRootDServer
@@ -35,7 +35,7 @@ pytestmark = [
 @pytest.fixture
 def eos_settings(xrootd_server: XRootDServer) -> Iterator[None]:
     """This process's settings with the outbox on XRootD and five tries per transfer."""
-    from p3s.settings import get_settings
+    from p3s.system.settings import get_settings
 
     saved = dict(os.environ)
     os.environ["P3S_STORAGE__OUTBOX_URL"] = xrootd_server.url("outbox")

@@ -9,8 +9,8 @@ from p3s.tasks.publish import _jsonable, artifact_key, summary_markdown
 from p3s.tasks.stage import transient_storage_failure
 from prefect.states import Completed, Failed
 
-from p3s import storage
-from p3s.catalog import ProductInfo
+from p3s.dqm.catalog import ProductInfo
+from p3s.files import storage
 
 PURITY_SUMMARY = {
     "n_events": 2,

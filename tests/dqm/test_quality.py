@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from p3s.catalog import Catalog
+from p3s.dqm.catalog import Catalog
 from p3s.dqm.checks import load_checks
 from p3s.dqm.quality import evaluate_file, recheck
 from tests.dqm.simruns import process, simulate_run

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from p3s.prefect_env import client_environment
-from p3s.settings import PACKAGED_PAYLOADS, PROJECT_DIR, Settings
+from p3s.system.prefect_env import client_environment
+from p3s.system.settings import PACKAGED_PAYLOADS, PROJECT_DIR, Settings
 from tests.conftest import SCRIPTS, _pg, free_port
 from tests.faults.accounting import FaultRecord
 from tests.xrootd_server import xrootd_server  # noqa: F401 - a fixture, used by name
@@ -55,7 +55,7 @@ def fault_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultSyst
     """A whole p3s system on PostgreSQL with pilots and its inbox watcher."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from p3s import system
+    from p3s.stack import control
 
     home = tmp_path_factory.mktemp("p3s-faults")
     dbname = f"p3s_faults_{uuid.uuid4().hex[:12]}"
@@ -81,11 +81,11 @@ def fault_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultSyst
     env.update(client_environment(settings))
     os.environ.update(env)
     try:
-        system.up(settings, _noop)
+        control.up(settings, _noop)
         with temporary_settings(updates={PREFECT_API_URL: settings.api_url}):
             yield FaultSystem(settings=settings, env=env, database=dbname)
     finally:
-        system.down(settings, _noop)
+        control.down(settings, _noop)
         os.environ.clear()
         os.environ.update(saved)
         asyncio.run(_pg(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'))

@@ -19,8 +19,8 @@ from typing import Any
 import psutil
 import pytest
 
-from p3s import system
-from p3s.jobs import P3SJob
+from p3s.jobs.model import P3SJob
+from p3s.stack import control
 from tests.faults.accounting import FINAL, FaultRecord, final_runs
 from tests.faults.conftest import FAULT_PAYLOADS, FaultSystem
 from tests.pilots.conftest import wait_for as poll_until
@@ -46,7 +46,7 @@ def job(name: str, log: Path, sleep: float = 0) -> P3SJob:
 
 
 def submit(jobs: list[P3SJob]) -> list[uuid.UUID]:
-    from p3s.job_client import submit_jobs
+    from p3s.jobs.client import submit_jobs
 
     return [run.id for run in asyncio.run(submit_jobs(jobs))]
 
@@ -98,14 +98,14 @@ def start_again_what_the_outage_ended(fault: FaultRecord, settings: Any) -> None
     """After a server outage, start again what `p3s up` would: only the services (pilot
     worker, inbox watcher) that did not outlive it; the report says which."""
     services = {
-        "pilot worker": system.pilot_worker_process(settings, settings.pool.name),
-        "inbox watcher": system.inbox_watcher_process(settings),
+        "pilot worker": control.pilot_worker_process(settings, settings.pool.name),
+        "inbox watcher": control.inbox_watcher_process(settings),
     }
     gone = [name for name, proc in services.items() if proc.process() is None]
     if gone:
         fault.inject(f"{' and '.join(gone)} exited during the outage: started again")
-        system.start_worker(settings, _noop)
-        system.start_inbox_watcher(settings, _noop)
+        control.start_worker(settings, _noop)
+        control.start_inbox_watcher(settings, _noop)
     fault.notes.append(
         f"services that did not outlive the server's outage: {', '.join(gone) or 'none'}"
     )
@@ -120,10 +120,10 @@ def test_prefect_server_restarted_with_200_jobs_queued(
     ids = submit([job(f"server-{i}", log) for i in range(200)])
     wait_for(lambda: starts(log), 180, "the pilots took a job")  # the pool is serving
     fault.inject(f"200 jobs queued ({len(starts(log))} started); Prefect server stopped")
-    assert system.server_process(settings).stop()
+    assert control.server_process(settings).stop()
     time.sleep(5)
     fault.inject(f"Prefect server started again after 5 s down ({len(starts(log))} started)")
-    system.start_server(settings, _noop)
+    control.start_server(settings, _noop)
     time.sleep(5)
     start_again_what_the_outage_ended(fault, settings)
     settle_jobs(fault, ids, log)
@@ -177,7 +177,7 @@ def test_pilot_worker_killed_mid_run_and_started_again(
     log = tmp_path / "exec.log"
     ids = submit([job(f"worker-{i}", log, sleep=4) for i in range(12)])
     wait_for(lambda: len(starts(log)) >= 2, 180, "two jobs started")
-    worker = system.pilot_worker_process(settings, settings.pool.name).process()
+    worker = control.pilot_worker_process(settings, settings.pool.name).process()
     assert worker is not None
     tree = worker.children(recursive=True)
     fault.inject(
@@ -188,7 +188,7 @@ def test_pilot_worker_killed_mid_run_and_started_again(
     time.sleep(3)
     survivors = [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     fault.inject(f"pilot worker started again ({len(survivors)} of its children still alive)")
-    system.start_worker(settings, _noop)
+    control.start_worker(settings, _noop)
     try:
         settle_jobs(fault, ids, log)
     finally:
@@ -228,7 +228,7 @@ def test_pilot_killed_mid_run(
 def _dqm_run_ids(file_urls: list[str]) -> list[uuid.UUID]:
     from prefect.client.orchestration import get_client
 
-    from p3s.datatypes import DQM_DEPLOYMENTS
+    from p3s.system.datatypes import DQM_DEPLOYMENTS
 
     async def _create() -> list[uuid.UUID]:
         ids = []
@@ -281,9 +281,9 @@ def test_storage_server_restarted_during_stage_in(
     """The XRootD storage server restarted while DQM flows stage in"""
     from p3s.payloads.rawformat import raw_filename
 
-    from p3s import storage
-    from p3s.catalog import Catalog
-    from p3s.datatypes import DQM_DEPLOYMENTS
+    from p3s.dqm.catalog import Catalog
+    from p3s.files import storage
+    from p3s.system.datatypes import DQM_DEPLOYMENTS
 
     numbers = [61, 62]
     names = [raw_filename(n, 1) for n in numbers]
@@ -346,7 +346,7 @@ def _dqm_runs_by_file() -> dict[tuple[str, str], list[Any]]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
-    from p3s.datatypes import DQM_DEPLOYMENTS
+    from p3s.system.datatypes import DQM_DEPLOYMENTS
 
     async def _read() -> dict[tuple[str, str], list[Any]]:
         found: dict[tuple[str, str], list[Any]] = {}
@@ -376,8 +376,8 @@ def _dqm_runs_by_file() -> dict[tuple[str, str], list[Any]]:
 def _drop_raw_files(settings: Any, names_and_runs: list[tuple[str, int]]) -> None:
     """Simulate small raw files and put each into the inbox complete at once (hidden under a
     temporary name, then renamed), as a transfer tool does."""
-    from p3s import storage
-    from p3s.lifecycle import Layout
+    from p3s.files import storage
+    from p3s.files.lifecycle import Layout
 
     layout = Layout.of(settings)
     settings.scratch.mkdir(parents=True, exist_ok=True)
@@ -391,8 +391,8 @@ def _drop_raw_files(settings: Any, names_and_runs: list[tuple[str, int]]) -> Non
 def account_files(fault: FaultRecord, settings: Any, names: list[str]) -> None:
     """Wait until every file is settled and the backlog drained, then account for each file:
     in used/ once with each DQM flow Completed after one run, or quarantined with a reason."""
-    from p3s.datatypes import DQM_DEPLOYMENTS
-    from p3s.lifecycle import Layout
+    from p3s.files.lifecycle import Layout
+    from p3s.system.datatypes import DQM_DEPLOYMENTS
 
     layout = Layout.of(settings)
 
@@ -457,12 +457,12 @@ def test_prefect_server_down_while_20_files_arrive(
     """The Prefect server down while 20 files arrive in the inbox"""
     from p3s.payloads.rawformat import raw_filename
 
-    from p3s.lifecycle import Layout
+    from p3s.files.lifecycle import Layout
 
     settings = fault_system.settings
     layout = Layout.of(settings)
     names = [raw_filename(800 + i, 1) for i in range(SERVER_DOWN_FILES)]
-    assert system.server_process(settings).stop()
+    assert control.server_process(settings).stop()
     down_at = time.monotonic()
     fault.inject("Prefect server stopped")
     _drop_raw_files(settings, [(name, 800 + i) for i, name in enumerate(names)])
@@ -474,7 +474,7 @@ def test_prefect_server_down_while_20_files_arrive(
         f"while the server was down: {claimed} claimed, none announced, "
         f"{len(layout.inbox.names() & set(names))} still in the inbox"
     )
-    system.start_server(settings, _noop)
+    control.start_server(settings, _noop)
     fault.inject(f"Prefect server started again after {time.monotonic() - down_at:.0f} s down")
     start_again_what_the_outage_ended(fault, settings)
     account_files(fault, settings, names)

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from p3s.datatypes import default_datatypes
-from p3s.lifecycle import Layout
+from p3s.files.lifecycle import Layout
+from p3s.system.datatypes import default_datatypes
 from tests.xrootd_server import (
     XRootDServer,
     xrootd_server,  # noqa: F401 - a fixture, used by name
@@ -31,7 +31,7 @@ class Recorder:
         self._lock = threading.Lock()
 
     def __call__(self, event: dict[str, Any]) -> None:
-        from p3s.inbox import EmitError
+        from p3s.files.inbox import EmitError
 
         if self.down:
             raise EmitError("the recorder is down")

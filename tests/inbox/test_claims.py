@@ -7,7 +7,7 @@ import threading
 import time
 from collections import Counter
 
-from p3s.inbox import InboxScanner, ScanReport
+from p3s.files.inbox import InboxScanner, ScanReport
 from tests.inbox.conftest import Recorder, datatypes, put, raw_name
 
 

@@ -8,8 +8,8 @@ import pytest
 import yaml
 from prefect.flows import load_flow_from_entrypoint
 
-from p3s.datatypes import DataType, classify, default_datatypes
-from p3s.settings import Settings
+from p3s.system.datatypes import DataType, classify, default_datatypes
+from p3s.system.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from p3s.datatypes import DQM_DEPLOYMENTS
-from p3s.demo import drop_into_inbox, wait_for_dqm_runs, wait_until_settled
-from p3s.inbox import InboxScanner, prefect_emitter
-from p3s.lifecycle import Layout
-from p3s.transport import MANIFEST
+from p3s.files.inbox import InboxScanner, prefect_emitter
+from p3s.files.lifecycle import Layout
+from p3s.files.transport import MANIFEST
+from p3s.stack.demo import drop_into_inbox, wait_for_dqm_runs, wait_until_settled
+from p3s.system.datatypes import DQM_DEPLOYMENTS
 from tests.conftest import Stack
 from tests.inbox.conftest import put, raw_name
 

@@ -7,9 +7,9 @@ import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
-from p3s.datatypes import DQM_DEPLOYMENTS
-from p3s.lifecycle import Layout, record_outcome, settle, sweep
-from p3s.settings import InboxSettings, Settings
+from p3s.files.lifecycle import Layout, record_outcome, settle, sweep
+from p3s.system.datatypes import DQM_DEPLOYMENTS
+from p3s.system.settings import InboxSettings, Settings
 from tests.inbox.conftest import Recorder, put, raw_name
 
 PAYLOADS = list(DQM_DEPLOYMENTS)
@@ -130,7 +130,7 @@ def test_a_move_whose_destination_folder_appears_meanwhile_still_moves(
     that another run did."""
     import os
 
-    from p3s import lifecycle
+    from p3s.files import lifecycle
 
     layout = Layout(f"file://{tmp_path / 'data'}")
     name = raw_name(8)
@@ -153,7 +153,7 @@ def test_a_move_whose_destination_folder_appears_meanwhile_still_moves(
 
 
 def test_the_sweep_settles_files_whose_outcomes_the_catalog_holds(tmp_path: Path) -> None:
-    from p3s.catalog import open_catalog
+    from p3s.dqm.catalog import open_catalog
 
     layout = Layout(f"file://{tmp_path / 'data'}")
     settings = _settings(tmp_path, layout)
@@ -182,7 +182,7 @@ def test_the_sweep_settles_files_whose_outcomes_the_catalog_holds(tmp_path: Path
 def test_a_file_the_watchs_sweep_quarantines_is_announced_once(tmp_path: Path, monkeypatch) -> None:
     """The sweep may settle a file before its last life-cycle run does (the catalog already
     holds every outcome): the quarantine is then announced by the watch, once."""
-    from p3s import inbox
+    from p3s.files import inbox
 
     monkeypatch.setattr(inbox, "SWEEP_SECONDS", 0.0)
     settings = Settings(home=tmp_path / "home")
@@ -223,7 +223,7 @@ def test_a_file_the_watchs_sweep_quarantines_is_announced_once(tmp_path: Path, m
 
 
 def test_the_demo_delivers_a_subrun_not_delivered_before(tmp_path: Path) -> None:
-    from p3s.demo import free_subrun
+    from p3s.stack.demo import free_subrun
 
     layout = Layout(f"file://{tmp_path / 'data'}")
     settings = _settings(tmp_path, layout)

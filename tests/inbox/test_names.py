@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from p3s.inbox import InboxScanner
-from p3s.lifecycle import Area, Layout, UnsafeName, check_name, name_fault
-from p3s.settings import Settings
-from p3s.transport import TransportError, relative_to_outbox
+from p3s.files.inbox import InboxScanner
+from p3s.files.lifecycle import Area, Layout
+from p3s.files.names import UnsafeName, check_name, name_fault
+from p3s.files.transport import TransportError, relative_to_outbox
+from p3s.system.settings import Settings
 from tests.inbox.conftest import Recorder, datatypes, raw_name
 
 
@@ -65,7 +66,7 @@ def test_symlinks_in_the_inbox_are_refused_once_and_never_followed(tmp_path: Pat
 
 
 def test_the_life_cycle_refuses_names_from_events(tmp_path: Path, monkeypatch) -> None:
-    from p3s.lifecycle import settle
+    from p3s.files.lifecycle import settle
 
     monkeypatch.setenv("P3S_HOME", str(tmp_path))
     settings = Settings()

@@ -7,10 +7,10 @@ import os
 import threading
 from pathlib import Path
 
-from p3s.inbox import InboxScanner, watch
-from p3s.inbox_notify import InboxNotifier
-from p3s.lifecycle import Layout
-from p3s.settings import Settings
+from p3s.files.inbox import InboxScanner, watch
+from p3s.files.lifecycle import Layout
+from p3s.files.notify import InboxNotifier
+from p3s.system.settings import Settings
 from tests.inbox.conftest import Recorder, datatypes, raw_name
 
 # Long enough that nothing in these tests can complete by settling.

@@ -14,10 +14,10 @@ from typing import Any
 import httpx
 import pytest
 
-from p3s import system
-from p3s.inbox import InboxScanner, prefect_emitter
-from p3s.lifecycle import Layout
-from p3s.settings import ServerSettings, Settings
+from p3s.files.inbox import InboxScanner, prefect_emitter
+from p3s.files.lifecycle import Layout
+from p3s.stack import control
+from p3s.system.settings import ServerSettings, Settings
 from tests.conftest import free_port
 from tests.inbox.conftest import datatypes, put, raw_name
 
@@ -38,7 +38,7 @@ def test_files_arriving_while_the_server_is_down_are_announced_once_after_it_ret
     tmp_path: Path,
 ) -> None:
     settings = Settings(home=tmp_path / "home", server=ServerSettings(port=free_port()))
-    server = system.server_process(settings)
+    server = control.server_process(settings)
     accepted: list[str] = []
     post = prefect_emitter(settings.api_url, timeout_s=2.0)
 
@@ -50,9 +50,9 @@ def test_files_arriving_while_the_server_is_down_are_announced_once_after_it_ret
     scanner = InboxScanner(layout, datatypes(), emit, settle_seconds=0.0, retry_seconds=0.5)
     names = [raw_name(run) for run in range(300, 320)]
     try:
-        system.start_server(settings, lambda _: None)
+        control.start_server(settings, lambda _: None)
         server.stop()
-        assert not system.api_healthy(settings.api_url)
+        assert not control.api_healthy(settings.api_url)
         for name in names:
             put(layout, name)
             scanner.scan()
@@ -63,7 +63,7 @@ def test_files_arriving_while_the_server_is_down_are_announced_once_after_it_ret
         assert len(layout.claimed.names()) <= 1  # at most the one whose event failed first
         assert layout.announced.names() == set()
 
-        system.start_server(settings, lambda _: None)
+        control.start_server(settings, lambda _: None)
         deadline = time.monotonic() + 60
         while layout.announced.names() != set(names) and time.monotonic() < deadline:
             scanner.scan()

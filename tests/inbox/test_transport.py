@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from p3s.settings import InboxSettings, Settings, StorageSettings
-from p3s.transport import MANIFEST, TransportError, replicate
+from p3s.files.transport import MANIFEST, TransportError, replicate
+from p3s.system.settings import InboxSettings, Settings, StorageSettings
 
 
 def _adler(data: bytes) -> str:

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from p3s.jobs import P3SJob
+from p3s.jobs.model import P3SJob
 from tests.conftest import Stack
 
 pytestmark = [
@@ -202,7 +202,7 @@ def test_requests_of_a_dqm_run_on_a_pilot(stack: Stack, tmp_path: Path) -> None:
     from p3s.payloads.rawformat import Geometry, raw_filename
     from p3s.payloads.simulate import simulate_file
 
-    from p3s import storage
+    from p3s.files import storage
 
     path = stack.settings.data / "request-count" / raw_filename(51, 1)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from p3s.jobs import P3SJob, expand_jobs, load_jobs
+from p3s.jobs.model import P3SJob, expand_jobs, load_jobs
 from tests.conftest import SCRIPTS, Stack, wait_for_runs
 
 pytestmark = pytest.mark.integration
@@ -32,7 +32,7 @@ def job(name: str, payload: str, timeout: int = 60, **env: str) -> P3SJob:
 
 
 def submit_and_wait(jobs: list[P3SJob], timeout_s: float = 240) -> list:
-    from p3s.job_client import submit_jobs
+    from p3s.jobs.client import submit_jobs
 
     async def _go():
         runs = await submit_jobs(jobs)
@@ -42,7 +42,7 @@ def submit_and_wait(jobs: list[P3SJob], timeout_s: float = 240) -> list:
 
 
 def show(run_id) -> tuple:
-    from p3s.job_client import show_job
+    from p3s.jobs.client import show_job
 
     return asyncio.run(show_job(str(run_id)))
 
@@ -199,7 +199,7 @@ def test_prefect_deployment_run_starts_a_job(stack: Stack) -> None:
 
 
 def test_cli_refuses_a_malformed_job_file_and_creates_nothing(stack: Stack, tmp_path: Path) -> None:
-    from p3s.job_client import list_jobs
+    from p3s.jobs.client import list_jobs
 
     before = len(asyncio.run(list_jobs(limit=1000)))
     bad = tmp_path / "bad.json"
@@ -219,7 +219,7 @@ def test_cli_refuses_a_malformed_job_file_and_creates_nothing(stack: Stack, tmp_
 
 
 def test_cancel_stops_a_running_payload(stack: Stack, tmp_path: Path) -> None:
-    from p3s.job_client import cancel_job, submit_jobs
+    from p3s.jobs.client import cancel_job, submit_jobs
 
     pid_file = tmp_path / "running.pid"
     (run,) = asyncio.run(
@@ -248,7 +248,7 @@ def test_higher_priority_is_served_first(stack: Stack, tmp_path: Path) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolUpdate
 
-    from p3s.job_client import submit_jobs
+    from p3s.jobs.client import submit_jobs
 
     pool = stack.settings.pool.name
     record = tmp_path / "order.txt"
@@ -317,7 +317,7 @@ def test_p3s_reference_dqm_jobs_run_as_they_are(stack: Stack) -> None:
 
 
 def test_every_dqm_payload_runs_as_a_p3s_job(stack: Stack, tmp_path: Path) -> None:
-    from p3s.demo import DQM_PAYLOADS, dqm_jobs
+    from p3s.stack.demo import DQM_PAYLOADS, dqm_jobs
 
     raw = small_raw_file(tmp_path / "raw", run=8)
     runs = submit_and_wait(dqm_jobs(raw, tmp_path / "outbox", n_events=2))
@@ -328,7 +328,7 @@ def test_every_dqm_payload_runs_as_a_p3s_job(stack: Stack, tmp_path: Path) -> No
 
 
 def test_a_corrupt_input_fails_its_job_once_with_the_fault(stack: Stack, tmp_path: Path) -> None:
-    from p3s.demo import dqm_jobs
+    from p3s.stack.demo import dqm_jobs
 
     raw = small_raw_file(tmp_path / "raw", run=9)
     with open(raw, "r+b") as handle:  # damage the HDF5 superblock

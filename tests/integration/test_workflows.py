@@ -70,7 +70,7 @@ def prefect_deployment_run(stack: Stack, *params: str) -> str:
 
 
 def submit(stack: Stack, template: str, **options: Any) -> str:
-    from p3s.workflow_client import prepare_submission, submit_workflow
+    from p3s.workflows.client import prepare_submission, submit_workflow
 
     workflow, parameters = prepare_submission(template, settings=stack.settings, **options)
     return str(asyncio.run(submit_workflow(workflow, parameters)).id)
@@ -88,13 +88,13 @@ def submitted(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     from p3s.payloads.rawformat import raw_filename
     from p3s.payloads.simulate import simulate_file
 
-    from p3s.settings import get_settings
+    from p3s.system.settings import get_settings
 
     get_settings.cache_clear()  # this process now reads the stack's settings
     for template in (REFERENCE / "3filters.graphml", REFERENCE / "twostep_named_keys.graphml"):
         added = p3s(stack, "workflow", "add", str(template), "--replace")
         assert added.returncode == 0, added.stdout + added.stderr
-    from p3s.workflows import register_template
+    from p3s.workflows.templates import register_template
 
     register_template(DQM_CHAIN, overwrite=True)
 
@@ -144,7 +144,7 @@ def submitted(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 def node_states(run_id: Any) -> dict[str, tuple[str, str]]:
-    from p3s.workflow_client import node_views, read_run
+    from p3s.workflows.client import node_views, read_run
 
     run, task_runs = asyncio.run(read_run(str(run_id)))
     _, views = node_views(run, task_runs)
@@ -226,7 +226,7 @@ def test_cli_shows_lists_and_exports_workflows(submitted: Submitted, stack: Stac
     exported = tmp_path / "3filters.graphml"
     done = p3s(stack, "workflow", "export", "3filters", str(exported))
     assert done.returncode == 0, done.stderr
-    from p3s.graphml import read_template
+    from p3s.workflows.graphml import read_template
 
     again = read_template(exported, roots=[Path("/usr/bin")], prefix_map={})
     original = read_template(
@@ -236,7 +236,7 @@ def test_cli_shows_lists_and_exports_workflows(submitted: Submitted, stack: Stac
 
 
 def test_malformed_template_and_bad_options_are_refused(stack: Stack, submitted: Submitted):
-    from p3s.workflows import WorkflowError
+    from p3s.workflows.templates import WorkflowError
 
     refused = p3s(stack, "workflow", "add", str(MALFORMED / "unknown_node.graphml"))
     assert refused.returncode == 2

@@ -17,8 +17,8 @@ from p3s.payloads.products import products_dir
 from p3s.payloads.rawformat import Geometry, raw_filename
 from p3s.payloads.simulate import simulate_file
 
-from p3s.payload_policy import map_prefix
-from p3s.settings import P3S_AFS_INPUTS, P3S_EOS_AREA, PACKAGED_PAYLOADS
+from p3s.jobs.policy import map_prefix
+from p3s.system.settings import P3S_AFS_INPUTS, P3S_EOS_AREA, PACKAGED_PAYLOADS
 from tests.unit.test_jobs import REFERENCE_JOBS
 
 RUN, SUBRUN = 7, 2

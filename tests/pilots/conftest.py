@@ -2,7 +2,7 @@
 
 The stack (tests/conftest.py) gives the Prefect server; each pilot fixture adds a pilot work
 pool of its own, the ``p3s-job/pilots``-style deployment on it, and a pilot worker started by
-the same code as ``p3s up`` (:func:`p3s.system.start_pilot_worker`).
+the same code as ``p3s up`` (:func:`p3s.stack.control.start_pilot_worker`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from p3s.settings import PACKAGED_PAYLOADS, PROJECT_DIR, Settings
+from p3s.system.settings import PACKAGED_PAYLOADS, PROJECT_DIR, Settings
 from tests.conftest import SCRIPTS, Stack
 
 HERE = Path(__file__).resolve().parent
@@ -65,7 +65,7 @@ def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.5):
 
 
 def start_pilots(stack: Stack, cluster: str, **overrides: str) -> Pilots:
-    from p3s import system
+    from p3s.stack import control
 
     pool = f"pilots-{cluster}"
     env = {
@@ -92,8 +92,8 @@ def start_pilots(stack: Stack, cluster: str, **overrides: str) -> Pilots:
     finally:
         os.environ.clear()
         os.environ.update(saved)
-    system.setup_pilot_pool(settings, lambda _: None)
-    system.start_pilot_worker(settings, lambda _: None, extra_env=env)
+    control.setup_pilot_pool(settings, lambda _: None)
+    control.start_pilot_worker(settings, lambda _: None, extra_env=env)
     pool = settings.pilots.pool_name or pool  # an override may name another pool
     pilots = Pilots(settings=settings, env=env, deployment=f"p3s-job/{pool}")
     wait_for(
@@ -105,9 +105,9 @@ def start_pilots(stack: Stack, cluster: str, **overrides: str) -> Pilots:
 
 
 def stop_pilots(pilots: Pilots) -> None:
-    from p3s import system
+    from p3s.stack import control
 
-    system.pilot_worker_process(pilots.settings).stop()
+    control.pilot_worker_process(pilots.settings).stop()
 
 
 @pytest.fixture(scope="module")

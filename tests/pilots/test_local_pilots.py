@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from p3s.jobs import P3SJob
+from p3s.jobs.model import P3SJob
 from tests.conftest import wait_for_runs
 from tests.pilots.conftest import PILOT_PAYLOADS, Pilots, run, wait_for
 
@@ -46,7 +46,7 @@ def records(log: Path) -> list[list[str]]:
 
 
 async def submit(pilots: Pilots, jobs: list[P3SJob]):
-    from p3s.job_client import submit_jobs
+    from p3s.jobs.client import submit_jobs
 
     return await submit_jobs(jobs, deployment=pilots.deployment)
 
@@ -173,17 +173,17 @@ def test_a_killed_pilot_is_lost_and_its_run_completes_elsewhere(
 def test_a_killed_pilot_worker_leaves_no_run_behind(local_pilots: Pilots, tmp_path: Path) -> None:
     """SIGKILL of the pilot worker itself (its Dask scheduler and local pilots die with it):
     the restarted worker puts the run it held back to Scheduled, and it completes once."""
-    from p3s import system
+    from p3s.stack import control
 
     log = tmp_path / "exec.log"
     (flow_run,) = run(submit(local_pilots, [job("orphan", log, sleep=3)]))
     start = wait_for(lambda: records(log), 120, "the payload started")[0]
     payload_pid = int(start[5])
-    worker = system.pilot_worker_process(local_pilots.settings).process()
+    worker = control.pilot_worker_process(local_pilots.settings).process()
     assert worker is not None
     worker.kill()
     wait_for(lambda: not alive(payload_pid), 30, "the payload stopped with its pilot")
-    system.start_pilot_worker(local_pilots.settings, lambda _: None, extra_env=local_pilots.env)
+    control.start_pilot_worker(local_pilots.settings, lambda _: None, extra_env=local_pilots.env)
     (done,) = run(wait_for_runs([flow_run.id], 240))
     assert done.state.type.value == "COMPLETED", done.state
     starts = [r for r in records(log) if r[1] == "start"]

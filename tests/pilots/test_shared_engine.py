@@ -95,9 +95,9 @@ def test_waiting_jobs_share_one_engine_process_at_a_few_mib_each(
     (first,) = run(submit(roomy_pilot, [job("warm-engine", log)]))
     run(wait_for_runs([first.id], 120))
     # The engine: the one process the pilot's fork server has forked (its payload is gone).
-    from p3s import system
+    from p3s.stack import control
 
-    worker = system.pilot_worker_process(roomy_pilot.settings).process()
+    worker = control.pilot_worker_process(roomy_pilot.settings).process()
     assert worker is not None
     tree = worker.children(recursive=True)
     servers = [p for p in tree if "multiprocessing.forkserver" in " ".join(p.cmdline())]

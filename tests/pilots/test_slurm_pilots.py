@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from p3s.jobs import P3SJob
+from p3s.jobs.model import P3SJob
 from tests.conftest import wait_for_runs
 from tests.pilots.conftest import PILOT_PAYLOADS, Pilots, run, wait_for
 
@@ -52,7 +52,7 @@ def records(log: Path) -> list[list[str]]:
 
 
 async def submit(pilots: Pilots, jobs: list[P3SJob]):
-    from p3s.job_client import submit_jobs
+    from p3s.jobs.client import submit_jobs
 
     return await submit_jobs(jobs, deployment=pilots.deployment)
 

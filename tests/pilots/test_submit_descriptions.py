@@ -95,7 +95,7 @@ def test_slots_from_the_settings_reach_the_pool_and_its_batch_job(
     import asyncio
 
     from p3s.pilots.worker import load_pilot_pool
-    from p3s.settings import Settings
+    from p3s.system.settings import Settings
 
     monkeypatch.setenv("P3S_PILOTS__CLUSTER", "slurm")
     monkeypatch.setenv("P3S_PILOTS__CORES", "2")

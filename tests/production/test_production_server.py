@@ -23,9 +23,9 @@ import asyncpg
 import pytest
 import redis
 
-from p3s.history import INDEXES, ensure_indexes
-from p3s.jobs import P3SJob
-from p3s.settings import PACKAGED_PAYLOADS, Settings
+from p3s.jobs.model import P3SJob
+from p3s.system.history import INDEXES, ensure_indexes
+from p3s.system.settings import PACKAGED_PAYLOADS, Settings
 from tests.conftest import POSTGRES_ADMIN, SCRIPTS, free_port, wait_for_runs
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
@@ -167,9 +167,9 @@ def test_up_creates_the_database_and_points_the_server_at_postgres_and_redis(
     groups = {g["name"].decode() for g in production.redis.xinfo_groups("events")}
     assert groups, "no consumer group reads the events stream"
     # Its connection pool to PostgreSQL is the one p3s sizes, not Prefect's 5 + 10.
-    from p3s import system
+    from p3s.stack import control
 
-    proc = system.server_process(production.settings).process()
+    proc = control.server_process(production.settings).process()
     assert proc is not None, "the server is not running"
     server_env = proc.environ()
     server = production.settings.server
@@ -187,7 +187,7 @@ def test_jobs_run_and_their_state_events_pass_through_redis(
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    from p3s.job_client import submit_jobs
+    from p3s.jobs.client import submit_jobs
 
     record = tmp_path / "record"
 
@@ -251,7 +251,7 @@ def test_an_event_triggers_an_automation_through_redis(
     from prefect.events.actions import RunDeployment
     from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
 
-    from p3s.job_client import ADHOC_DEPLOYMENT
+    from p3s.jobs.client import ADHOC_DEPLOYMENT
 
     record = tmp_path / "record"
     marker = f"ping-{uuid.uuid4().hex[:8]}"
@@ -309,7 +309,7 @@ def test_the_server_vacuum_deletes_finished_runs_past_their_retention(
     from prefect.exceptions import ObjectNotFound
     from prefect.states import Completed
 
-    from p3s.job_client import ADHOC_DEPLOYMENT
+    from p3s.jobs.client import ADHOC_DEPLOYMENT
 
     async def _go() -> tuple[bool, bool]:
         async with get_client() as client:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from p3s import storage
+from p3s.files import storage
 from tests.xrootd_server import XRootDServer
 
 
@@ -134,7 +134,7 @@ def test_xrootd_restart_during_stage_in_succeeds_on_retry(
     restarter = threading.Thread(target=restart_soon)
     restarter.start()
     try:
-        with caplog.at_level(logging.WARNING, logger="p3s.storage"):
+        with caplog.at_level(logging.WARNING, logger="p3s.files.storage"):
             local = storage.stage_in(url, tmp_path / "scratch", attempts=6)
     finally:
         restarter.join()

@@ -21,10 +21,10 @@ from typing import Any
 import httpx
 import pytest
 
-from p3s import storage
-from p3s.datatypes import DQM_DEPLOYMENTS
-from p3s.lifecycle import Layout
-from p3s.settings import PROJECT_DIR, Settings
+from p3s.files import storage
+from p3s.files.lifecycle import Layout
+from p3s.system.datatypes import DQM_DEPLOYMENTS
+from p3s.system.settings import PROJECT_DIR, Settings
 from tests.conftest import Stack, free_port
 
 ARTIFACTS = Path(os.environ.get("P3S_TEST_ARTIFACTS", PROJECT_DIR / "test-artifacts")) / "ui"
@@ -99,7 +99,7 @@ def _quarantine_a_corrupt_file(settings: Settings) -> str:
     of the stack's server) and reports it corrupt; the life cycle then quarantines it."""
     from p3s.flows.dqm import DQM_FLOWS
 
-    from p3s.lifecycle import settle
+    from p3s.files.lifecycle import settle
 
     name = raw_name(CORRUPT_RUN)
     layout = Layout.of(settings)
@@ -168,7 +168,7 @@ def site(
     started, and a protected Prefect server on the same database."""
     from p3s.ui_extensions.service import start_content_app
 
-    from p3s.settings import get_settings
+    from p3s.system.settings import get_settings
     from tests.conftest import wait_for_runs
     from tests.dqm.conftest import drain_prefect_clients
 

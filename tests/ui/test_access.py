@@ -12,7 +12,7 @@ import pytest
 from p3s.ui_extensions.app import create_app
 
 from p3s.pilots.status import PilotCounts, write_status
-from p3s.settings import Settings
+from p3s.system.settings import Settings
 from tests.ui.conftest import AUTH, RUN, Site
 
 pytestmark = [

@@ -16,7 +16,6 @@ import httpx
 import pytest
 from p3s.tasks.publish import artifact_key
 from p3s.ui_extensions.dashboard import WINDOWS
-from p3s.ui_extensions.links import page_path
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
@@ -31,9 +30,10 @@ from prefect.client.schemas.filters import (
 )
 from selenium.webdriver.common.by import By
 
-from p3s.catalog import Catalog
-from p3s.datatypes import DQM_DEPLOYMENTS
-from p3s.states import P3S_FILTERS
+from p3s.dqm.catalog import Catalog
+from p3s.dqm.links import page_path
+from p3s.jobs.states import P3S_FILTERS
+from p3s.system.datatypes import DQM_DEPLOYMENTS
 from tests.ui.conftest import RUN, SUBRUN, Site, images, open_page, table_rows
 
 pytestmark = [

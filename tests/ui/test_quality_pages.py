@@ -27,7 +27,7 @@ from prefect.client.schemas.filters import (
 )
 from selenium.webdriver.common.by import By
 
-from p3s.catalog import Catalog
+from p3s.dqm.catalog import Catalog
 from p3s.dqm.quality import evaluate_file
 from tests.dqm.simruns import process, simulate_run
 from tests.ui.conftest import ARTIFACTS, Site, images, open_page

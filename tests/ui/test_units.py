@@ -10,9 +10,9 @@ from p3s.ui_extensions import plots
 from p3s.ui_extensions.access import basic_credentials
 from p3s.ui_extensions.content import tpc_label
 from p3s.ui_extensions.dashboard import STATES, WINDOWS, window_counts
-from p3s.ui_extensions.links import flow_run_ui_url, page_path, page_url
 
-from p3s.settings import Settings
+from p3s.dqm.links import flow_run_ui_url, page_path, page_url
+from p3s.system.settings import Settings
 
 
 def _bucket(*states: tuple[str, str, int]) -> dict:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from p3s.graphml import (
+from p3s.workflows.graphml import (
     TemplateError,
     anchor_payload,
     parse_template,
@@ -185,7 +185,7 @@ def test_bad_template_name_is_refused():
 
 
 def test_packaged_dqm_chain_is_valid():
-    from p3s.settings import PACKAGED_PAYLOADS, get_settings
+    from p3s.system.settings import PACKAGED_PAYLOADS, get_settings
 
     template = read_template(
         PACKAGED_WORKFLOWS / "dqm_chain.graphml",

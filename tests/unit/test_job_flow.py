@@ -6,10 +6,10 @@ import sys
 from pathlib import Path
 
 from p3s.flows.job import final_state, job_environment
-from p3s.tasks.payload import PayloadOutcome
 
-from p3s.jobs import load_jobs
-from p3s.settings import P3S_AFS_INPUTS, P3S_EOS_AREA, PACKAGED_PAYLOADS, Settings
+from p3s.jobs.model import load_jobs
+from p3s.jobs.process import PayloadOutcome
+from p3s.system.settings import P3S_AFS_INPUTS, P3S_EOS_AREA, PACKAGED_PAYLOADS, Settings
 from tests.unit.test_jobs import REFERENCE_JOBS
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from p3s.jobs import JobFileError, P3SJob, expand_jobs, jobs_to_json, load_jobs, parse_jobs
+from p3s.jobs.model import JobFileError, P3SJob, expand_jobs, jobs_to_json, load_jobs, parse_jobs
 
 REFERENCE_JOBS = Path(__file__).resolve().parents[1] / "data" / "p3s-reference" / "jobs"
 REFERENCE_FILES = sorted(REFERENCE_JOBS.glob("*.json"))

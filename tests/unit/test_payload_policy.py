@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from p3s.payload_policy import PayloadRefused, map_prefix, resolve_command
+from p3s.jobs.policy import PayloadRefused, map_prefix, resolve_command
 
 
 @pytest.fixture
@@ -84,7 +84,7 @@ def test_site_prefixes_are_mapped_to_local_roots(root: Path) -> None:
 
 
 def test_roots_setting_accepts_pathsep_and_json(monkeypatch: pytest.MonkeyPatch) -> None:
-    from p3s.settings import Settings
+    from p3s.system.settings import Settings
 
     monkeypatch.setenv("P3S_PAYLOAD_ROOTS", os.pathsep.join(["/usr/bin", "/opt"]))
     assert Settings().payload_roots == [Path("/usr/bin"), Path("/opt")]

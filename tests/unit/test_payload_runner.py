@@ -9,9 +9,9 @@ from pathlib import Path
 
 import psutil
 import pytest
-from p3s.tasks.payload import TIMELIMIT_ERRCODE, execute_payload
 
-from p3s.payload_policy import resolve_command
+from p3s.jobs.policy import resolve_command
+from p3s.jobs.process import TIMELIMIT_ERRCODE, execute_payload
 from tests.conftest import SCRIPTS
 
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 
-from p3s.pidwait import _poll, wait_for_exit
+from p3s.system.pidwait import _poll, wait_for_exit
 
 
 def test_a_wait_ends_when_the_process_does_and_not_before() -> None:

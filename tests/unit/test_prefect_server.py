@@ -6,7 +6,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-from p3s.prefect_server import SQLITE_PREFIX, seed_sqlite
+from p3s.system.prefect_server import SQLITE_PREFIX, seed_sqlite
 
 
 def test_a_new_sqlite_database_is_a_migrated_copy_and_an_old_one_is_left(tmp_path: Path) -> None:
@@ -33,7 +33,7 @@ def test_a_request_that_finds_no_free_database_connection_is_answered_503() -> N
     from prefect.server.api import server
     from starlette.requests import Request
 
-    from p3s.prefect_server import pool_timeouts_retryable
+    from p3s.system.prefect_server import pool_timeouts_retryable
 
     request = Request({"type": "http", "method": "GET", "path": "/api/flow_runs/x", "headers": []})
     timeout = sqlalchemy.exc.TimeoutError("QueuePool limit of size 5 overflow 10 reached")

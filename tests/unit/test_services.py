@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from p3s.services import ManagedProcess, start_ticks
+from p3s.system.services import ManagedProcess, start_ticks
 
 
 @pytest.fixture

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from p3s.deployments.work_pool import prefect_priority, queue_for_priority
 from prefect.states import Cancelled, Completed, Crashed, Failed, Pending, Running, Scheduled
 
-from p3s.job_client import job_filter
-from p3s.states import p3s_state
+from p3s.jobs.client import job_filter
+from p3s.jobs.queues import prefect_priority, queue_for_priority
+from p3s.jobs.states import p3s_state
 
 
 @pytest.mark.parametrize(

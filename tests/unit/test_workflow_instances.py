@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from p3s.graphml import read_template
-from p3s.workflow_client import NodeView, draw_workflow
-from p3s.workflows import WorkflowError, instantiate, vet_workflow
+from p3s.workflows.client import NodeView, draw_workflow
+from p3s.workflows.graphml import read_template
+from p3s.workflows.templates import WorkflowError, instantiate, vet_workflow
 
 REFERENCE = Path(__file__).resolve().parents[1] / "data" / "p3s-reference" / "workflows"
 DATATYPES = {"TXT": ".txt"}

@@ -9,7 +9,7 @@ The reader refuses a template, naming the file, the line, the node or edge and t
 at fault, when it has: a cycle, an edge to an unknown node, a missing required attribute, a
 value of the wrong type, an ``env`` that is not a JSON object, an edge data type that is not
 registered (``settings.workflow.datatypes``), or a payload outside the payload roots
-(:func:`p3s.payload_policy.resolve_command`, with the site path map). Every fault found is
+(:func:`p3s.jobs.policy.resolve_command`, with the site path map). Every fault found is
 reported at once, one per line.
 
 NetworkX's own GraphML reader is not used for reading: it creates the unknown end of an edge
@@ -32,7 +32,7 @@ from xml.parsers import expat
 import networkx as nx
 from pydantic import BaseModel, Field
 
-from p3s.payload_policy import PayloadRefused, resolve_command
+from p3s.jobs.policy import PayloadRefused, resolve_command
 
 NS = "http://graphml.graphdrawing.org/xmlns"
 #: Node attributes of the p3s schema: name -> (python type, required).
@@ -585,7 +585,7 @@ def _defaults(
 ) -> tuple[Sequence[Path], Mapping[str, str], Mapping[str, str]]:
     if roots is not None and prefix_map is not None and datatypes is not None:
         return roots, prefix_map, datatypes
-    from p3s.settings import get_settings
+    from p3s.system.settings import get_settings
 
     settings = get_settings()
     return (

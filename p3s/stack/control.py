@@ -19,11 +19,11 @@ from pathlib import Path
 
 import httpx
 
-from p3s import backends, history
-from p3s.prefect_env import client_environment, server_environment
-from p3s.prefect_server import seed_sqlite
-from p3s.services import ManagedProcess
-from p3s.settings import PROJECT_DIR, Settings
+from p3s.system import backends, history
+from p3s.system.prefect_env import client_environment, server_environment
+from p3s.system.prefect_server import seed_sqlite
+from p3s.system.services import ManagedProcess
+from p3s.system.settings import PROJECT_DIR, Settings
 
 BIN = Path(sys.executable).parent
 Report = Callable[[str], None]
@@ -81,11 +81,11 @@ def start_server(settings: Settings, report: Report) -> None:
             "P3S_SERVER__PORT to a free port"
         )
     # Prefect's own `server start`, with SQLite writers that wait for each other rather than
-    # fail (see p3s.prefect_server).
+    # fail (see p3s.system.prefect_server).
     argv = [
         sys.executable,
         "-m",
-        "p3s.prefect_server",
+        "p3s.system.prefect_server",
         "start",
         "--host",
         settings.server.host,
@@ -196,7 +196,7 @@ def inbox_watcher_process(settings: Settings) -> ManagedProcess:
 
 def start_inbox_watcher(settings: Settings, report: Report) -> None:
     """Start ``p3s inbox watch``: it claims complete inbox files and emits p3s.file.arrived."""
-    from p3s.lifecycle import Layout
+    from p3s.files.lifecycle import Layout
 
     layout = Layout.of(settings)
     layout.ensure()

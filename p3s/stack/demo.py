@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from p3s.jobs import P3SJob
-from p3s.settings import PACKAGED_PAYLOADS, Settings
+from p3s.jobs.model import P3SJob
+from p3s.system.settings import PACKAGED_PAYLOADS, Settings
 
 #: The DQM payloads, in the order a shifter reads them.
 DQM_PAYLOADS = ("tpc_monitor", "purity", "evdisplay", "beam")
@@ -51,7 +51,7 @@ def simulate_run(settings: Settings, run: int, n_events: int, seed: int) -> Path
 def free_subrun(settings: Settings, run: int) -> int:
     """The first subrun of ``run`` whose raw file name no life-cycle folder holds yet, so that
     a demo run again on the same home delivers a new file, not a second copy of a used one."""
-    from p3s.lifecycle import Layout
+    from p3s.files.lifecycle import Layout
     from p3s.payloads.rawformat import raw_filename
 
     layout = Layout.of(settings)
@@ -72,8 +72,8 @@ def drop_into_inbox(
     """
     import tempfile
 
-    from p3s import storage
-    from p3s.lifecycle import Layout
+    from p3s.files import storage
+    from p3s.files.lifecycle import Layout
     from p3s.payloads.rawformat import raw_filename
     from p3s.payloads.simulate import simulate_file
 
@@ -164,7 +164,7 @@ def wait_until_settled(settings: Settings, file_name: str, timeout_s: float = 30
     """Wait until the file left claimed/ for used/ or quarantine/; returns that folder."""
     import time
 
-    from p3s.lifecycle import Layout
+    from p3s.files.lifecycle import Layout
 
     layout = Layout.of(settings)
     deadline = time.monotonic() + timeout_s

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from p3s.backends import is_postgres
-from p3s.settings import PROJECT_DIR, Settings
+from p3s.system.backends import is_postgres
+from p3s.system.settings import PROJECT_DIR, Settings
 
 
 def client_environment(settings: Settings) -> dict[str, str]:

@@ -21,9 +21,10 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from p3s import storage
-from p3s.lifecycle import Area, check_name
-from p3s.settings import Settings
+from p3s.files import storage
+from p3s.files.lifecycle import Area
+from p3s.files.names import check_name
+from p3s.system.settings import Settings
 
 log = logging.getLogger(__name__)
 MANIFEST = "MANIFEST.adler32"

@@ -2,13 +2,13 @@
 
 All folders live under one root (``settings.inbox.root_url``, default the data root), a local
 folder or an fsspec URL such as ``root://host//eos/...``; every operation goes through fsspec
-(:mod:`p3s.storage`), never a FUSE path. Moves are renames inside one filesystem, so a file is
+(:mod:`p3s.files.storage`), never a FUSE path. Moves are renames inside one filesystem, so a file is
 always in exactly one folder.
 
 Bookkeeping lives beside the folders, in ``ROOT/.state/``:
 
 - ``announced/NAME``: the ``p3s.file.arrived`` event for the claimed file was accepted by the
-  Prefect server (written by :mod:`p3s.inbox`).
+  Prefect server (written by :mod:`p3s.files.inbox`).
 - ``outcomes/NAME/PAYLOAD.json``: what each DQM flow run reported for the file (written here,
   by the life-cycle task at the end of that DQM flow run).
 
@@ -29,9 +29,10 @@ from typing import Any
 
 import fsspec
 
-from p3s import storage
-from p3s.datatypes import DataType, classify
-from p3s.settings import Settings
+from p3s.files import storage
+from p3s.files.names import check_name, name_fault
+from p3s.system.datatypes import DataType, classify
+from p3s.system.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -39,38 +40,6 @@ STAGES = ("inbox", "claimed", "used", "quarantine")
 STATE = ".state"
 #: DQM outcomes as the DQM flows report them in ``p3s.dqm.finished``.
 OUTCOMES = ("completed", "failed", "corrupt")
-MAX_NAME = 255
-
-
-class UnsafeName(ValueError):
-    """A file name that could leave its folder (``..``, a slash, NUL, absolute, a link)."""
-
-
-def name_fault(name: str) -> str | None:
-    """Why ``name`` may not be used as a file name inside a p3s folder (None: it is safe).
-
-    Refused: empty names, ``.`` and ``..``, any slash or backslash (so no absolute path and no
-    sub-folder), NUL and other control characters, and names longer than 255 bytes.
-    """
-    if not name:
-        return "the name is empty"
-    if name in (".", ".."):
-        return f"{name!r} names a folder, not a file"
-    if "/" in name or "\\" in name:
-        return f"{name!r} contains a path separator (it would leave its folder)"
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
-        return f"{name!r} contains a control character (NUL, newline, ...)"
-    if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME:
-        return f"{name[:40]!r}... is longer than {MAX_NAME} bytes"
-    return None
-
-
-def check_name(name: str) -> str:
-    """``name`` if it is a safe file name, else :class:`UnsafeName` saying why."""
-    fault = name_fault(name)
-    if fault is not None:
-        raise UnsafeName(f"refused file name: {fault}")
-    return name
 
 
 @dataclass(frozen=True)
@@ -367,19 +336,6 @@ def redelivery_reason(name: str, detail: str = "") -> str:
     )
 
 
-def catalog_outcomes(settings: Settings, file_name: str) -> dict[str, str]:
-    """Outcomes the DQM catalog holds for the file ({} when the catalog is not available)."""
-    try:
-        from p3s.catalog import payload_outcomes
-    except ImportError:
-        return {}
-    try:
-        return dict(payload_outcomes(file_name, settings.catalog))
-    except Exception as exc:  # noqa: BLE001 - the catalog only adds to the recorded outcomes
-        log.warning("the DQM catalog could not be read for %s: %s", file_name, exc)
-        return {}
-
-
 def record_outcome(layout: Layout, name: str, payload: str, outcome: str, reason: str) -> None:
     """Keep what one DQM flow reported for ``name`` (idempotent: the same record again)."""
     if outcome not in OUTCOMES:
@@ -428,7 +384,8 @@ def settle(
         payload, outcome, reason: what the DQM flow run that calls it found (None: record
             nothing, settle on what was reported before).
         datatype: the file's data type as the inbox named it (None: found from the name).
-        extra_outcomes: more outcomes by payload (None: the DQM catalog of ``settings``).
+        extra_outcomes: more outcomes by payload, such as the DQM catalog's
+            (:func:`p3s.dqm.catalog.catalog_outcomes`; None: only the recorded ones).
 
     Raises:
         UnsafeName: ``name`` could leave its folder.
@@ -447,7 +404,7 @@ def settle(
         record_outcome(layout, name, payload, outcome, reason)
     records = recorded_outcomes(layout, name)
     outcomes = {p: str(r["outcome"]) for p, r in records.items()}
-    extra = extra_outcomes(name) if extra_outcomes else catalog_outcomes(settings, name)
+    extra = extra_outcomes(name) if extra_outcomes else {}
     for p, o in extra.items():
         outcomes.setdefault(p, o)
     missing = [p for p in expected if p not in outcomes]
@@ -501,7 +458,7 @@ def _datatype_of(name: str, datatypes: list[DataType], known: str | None = None)
     raise AssertionError("classify() returned a data type that is not configured")
 
 
-def sweep(settings: Settings) -> list[Settled]:
+def sweep(settings: Settings, extra_outcomes: OutcomeSource | None = None) -> list[Settled]:
     """Settle every claimed file whose DQM flows have all reported (catalog or records).
 
     Catches files whose life-cycle triggers were missed (the lifecycle deployment was not
@@ -516,7 +473,7 @@ def sweep(settings: Settings) -> list[Settled]:
             continue
         if classify(entry.name, settings.inbox.datatypes) is None:
             continue
-        result = settle(settings, entry.name)
+        result = settle(settings, entry.name, extra_outcomes=extra_outcomes)
         if result.action in ("used", "quarantine"):
             moved.append(result)
     return moved

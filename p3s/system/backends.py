@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from sqlalchemy.engine import make_url
 
-from p3s.settings import Settings
+from p3s.system.settings import Settings
 
 Report = Callable[[str], None]
 

@@ -1,5 +1,5 @@
-"""``python -m p3s.prefect_server start ...``: ``prefect server start`` with writers that queue
-on SQLite instead of failing.
+"""``python -m p3s.system.prefect_server start ...``: ``prefect server start`` with writers
+that queue on SQLite instead of failing.
 
 Prefect opens its SQLite write transactions as ``BEGIN DEFERRED``: such a transaction reads,
 then asks for the write lock, and when another connection committed in between SQLite answers
@@ -95,7 +95,7 @@ def seed_sqlite(database_url: str, env: dict[str, str]) -> bool:
         template.parent.mkdir(parents=True, exist_ok=True)
         partial = template.with_name(f"{template.name}.{os.getpid()}.tmp")
         result = subprocess.run(
-            [sys.executable, "-m", "p3s.prefect_server", "database", "upgrade", "-y"],
+            [sys.executable, "-m", "p3s.system.prefect_server", "database", "upgrade", "-y"],
             env={**env, "PREFECT_API_DATABASE_CONNECTION_URL": SQLITE_PREFIX + str(partial)},
             capture_output=True,
             text=True,

@@ -35,18 +35,19 @@ from typing import Any
 
 import httpx
 
-from p3s.datatypes import DataType, FileIdentity, classify
-from p3s.lifecycle import (
+from p3s.files.lifecycle import (
     Entry,
     Layout,
-    UnsafeName,
+    OutcomeSource,
     move,
-    name_fault,
     quarantined_event,
     redelivery_reason,
+    sweep,
 )
-from p3s.settings import Settings
-from p3s.storage import StorageError
+from p3s.files.names import UnsafeName, name_fault
+from p3s.files.storage import StorageError
+from p3s.system.datatypes import DataType, FileIdentity, classify
+from p3s.system.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +219,7 @@ class InboxScanner:
             first_pass: announce every unannounced claim now, without waiting
                 ``retry_seconds`` (for a one-shot scan, which has no memory of earlier ones).
             closed: names the kernel saw closed after writing or renamed into the inbox
-                since the last scan (:mod:`p3s.inbox_notify`): complete without settling.
+                since the last scan (:mod:`p3s.files.notify`): complete without settling.
         """
         self._closed.update(closed)
         report = ScanReport()
@@ -410,14 +411,16 @@ def watch(
     *,
     emit: Emitter | None = None,
     stop: Callable[[], bool] = lambda: False,
+    extra_outcomes: OutcomeSource | None = None,
 ) -> None:
     """Scan every ``settings.inbox.poll_seconds``, and at once when a local file completes
     (``settings.inbox.notify``), until ``stop()`` says so.
 
     Storage errors are reported and retried on the next pass; they never end the watch.
+    Every minute it sweeps the claimed files (:func:`~p3s.files.lifecycle.sweep`), with
+    ``extra_outcomes`` beside the recorded ones (the DQM catalog's, from ``p3s inbox watch``).
     """
-    from p3s.inbox_notify import InboxNotifier
-    from p3s.lifecycle import sweep
+    from p3s.files.notify import InboxNotifier
 
     scanner = InboxScanner.from_settings(settings, emit)
     inbox = scanner.layout.inbox
@@ -434,7 +437,7 @@ def watch(
             report(result)
             if time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + SWEEP_SECONDS
-                for settled in sweep(settings):
+                for settled in sweep(settings, extra_outcomes):
                     log.info("life cycle (sweep): %s", settled)
                     if settled.action == "quarantine":
                         _emit_quarantined(scanner, settled.name, settled.reason, settled.outcomes)

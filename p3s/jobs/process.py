@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Protocol
 
-from p3s.payload_policy import Command
-from p3s.pidwait import wait_for_exit
+from p3s.jobs.policy import Command
+from p3s.system.pidwait import wait_for_exit
 
 #: p3s's error code for a payload killed at its time limit.
 TIMELIMIT_ERRCODE = 77
@@ -111,7 +111,7 @@ def execute_payload(
     """Run a vetted command to completion or to its time limit.
 
     Args:
-        command: from :func:`p3s.payload_policy.resolve_command`.
+        command: from :func:`p3s.jobs.policy.resolve_command`.
         env: the complete environment of the payload.
         timeout_s: wall-clock limit in seconds; ``None`` or 0 for none.
         log_dir: receives ``stdout.log`` and ``stderr.log``.

@@ -28,9 +28,9 @@ from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.states import Cancelled, Cancelling
 
-from p3s.deployments.work_pool import queue_for_priority
-from p3s.jobs import P3SJob
-from p3s.states import P3S_FILTERS, p3s_state
+from p3s.jobs.model import P3SJob
+from p3s.jobs.queues import queue_for_priority
+from p3s.jobs.states import P3S_FILTERS, p3s_state
 
 ADHOC_DEPLOYMENT = "p3s-job/adhoc"
 #: Flow runs created at once; more only queue up on a 2-core SQLite server.

@@ -15,10 +15,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from p3s.datatypes import DataType, default_datatypes
+from p3s.system.datatypes import DataType, default_datatypes
 
 #: Where the repository (or the installed package) lives: the default home is beside it.
-PROJECT_DIR = Path(__file__).resolve().parent.parent
+PROJECT_DIR = Path(__file__).resolve().parents[2]
 PACKAGED_PAYLOADS = PROJECT_DIR / "payloads"
 #: Where p3s at CERN kept its payload scripts and its data; reference jobs name these paths.
 P3S_AFS_INPUTS = "/afs/cern.ch/user/n/np04dqm/public/p3s/p3s/inputs"

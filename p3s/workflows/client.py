@@ -15,8 +15,8 @@ from typing import Any
 
 import networkx as nx
 
-from p3s.settings import Settings
-from p3s.workflows import (
+from p3s.system.settings import Settings
+from p3s.workflows.templates import (
     WORKFLOW_DEPLOYMENT,
     Workflow,
     WorkflowError,
@@ -93,7 +93,7 @@ async def submit_workflow(workflow: Workflow, parameters: dict[str, Any]) -> Any
     """Create the flow run of ``p3s-workflow/template``; its queue follows the top priority."""
     from prefect.client.orchestration import get_client
 
-    from p3s.deployments.work_pool import queue_for_priority
+    from p3s.jobs.queues import queue_for_priority
 
     top = max((n.job.priority for n in workflow.nodes), default=0)
     async with get_client() as client:

@@ -1,7 +1,7 @@
 """Workflow templates: registration in a Prefect block, and instantiation into jobs as p3s did.
 
-Instantiating a template makes every node a job (:class:`p3s.jobs.P3SJob`) and, for every edge,
-sets ``env[datatag] = dirpath + name`` on both its source and its target job. File names come
+Instantiating a template makes every node a job (:class:`p3s.jobs.model.P3SJob`) and, for every
+edge, sets ``env[datatag] = dirpath + name`` on both its source and its target job. File names come
 from the ``fileinfo`` option:
 
 ``sticky`` (the default without ``--input``)
@@ -30,7 +30,8 @@ from typing import Any
 import networkx as nx
 from pydantic import BaseModel, Field
 
-from p3s.graphml import (
+from p3s.jobs.model import P3SJob
+from p3s.workflows.graphml import (
     EdgeSpec,
     Template,
     TemplateError,
@@ -41,7 +42,6 @@ from p3s.graphml import (
     to_graphml,
     vet_payload,
 )
-from p3s.jobs import P3SJob
 
 #: The Prefect deployment that runs registered templates.
 WORKFLOW_DEPLOYMENT = "p3s-workflow/template"
@@ -202,7 +202,7 @@ def instantiate(
         WorkflowError: an option names an unknown edge or node, or gives a bad value.
     """
     if datatypes is None:
-        from p3s.settings import get_settings
+        from p3s.system.settings import get_settings
 
         datatypes = get_settings().workflow.datatypes
     files = edge_files(template, fileinfo=fileinfo, input_file=input_file, datatypes=datatypes)
@@ -296,7 +296,7 @@ def register_template(
         FileExistsError: a template of that name exists and ``overwrite`` is False.
     """
     from p3s.blocks.workflow_template import WorkflowTemplate, block_document_name
-    from p3s.graphml import read_template
+    from p3s.workflows.graphml import read_template
 
     template = read_template(path, name=name)
     text = Path(path).read_text(encoding="utf-8")
@@ -396,7 +396,7 @@ def task_runner() -> Any:
     """
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    from p3s.settings import get_settings
+    from p3s.system.settings import get_settings
 
     return ThreadPoolTaskRunner(max_workers=get_settings().workflow.max_parallel_nodes)
 

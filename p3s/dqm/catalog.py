@@ -27,6 +27,7 @@ flags are the worst of its checks' qualities per area (APA, TPC, beam) and over 
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -54,6 +55,10 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from p3s.system.settings import Settings
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "OUTCOMES",
@@ -790,7 +795,7 @@ def _catalog(url: str) -> Catalog:
 def open_catalog(url: str | None = None) -> Catalog:
     """The catalog at ``url`` (default ``settings.catalog``), one per URL and process."""
     if url is None:
-        from p3s.settings import get_settings
+        from p3s.system.settings import get_settings
 
         url = get_settings().catalog
     return _catalog(url)
@@ -799,3 +804,12 @@ def open_catalog(url: str | None = None) -> Catalog:
 def payload_outcomes(file_name: str, url: str | None = None) -> dict[str, str]:
     """The outcome each DQM payload reported for ``file_name``: payload -> outcome."""
     return open_catalog(url).payload_outcomes(file_name)
+
+
+def catalog_outcomes(settings: Settings, file_name: str) -> dict[str, str]:
+    """Outcomes the DQM catalog holds for the file ({} when the catalog is not available)."""
+    try:
+        return dict(payload_outcomes(file_name, settings.catalog))
+    except Exception as exc:  # noqa: BLE001 - the catalog only adds to the recorded outcomes
+        log.warning("the DQM catalog could not be read for %s: %s", file_name, exc)
+        return {}

@@ -5,7 +5,7 @@ One place spells the paths, so an artifact of a DQM run and the app's routes can
 
 from __future__ import annotations
 
-from p3s.settings import Settings
+from p3s.system.settings import Settings
 
 #: The content page of each DQM payload, under the app's base URL.
 PAYLOAD_PAGES = {

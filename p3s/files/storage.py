@@ -34,7 +34,7 @@ import fsspec
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
-from p3s.settings import get_settings
+from p3s.system.settings import get_settings
 
 __all__ = [
     "ChecksumMismatch",
@@ -60,7 +60,7 @@ CHUNK = 4 * 1024 * 1024
 """Bytes read at a time when checksumming (4 MiB)."""
 _MISSING_MARKERS = ("[3011]", "no such file")
 _REFUSED_MARKERS = ("[3010]", "permission denied", "not authorized")
-FAILED_EVENT = "p3s.storage.failed"
+FAILED_EVENT = "p3s.files.storage.failed"
 """Emitted for every failed try of a transfer (retried or final)."""
 
 
@@ -186,7 +186,7 @@ def _with_retries(
 def _announce_failure(
     error: StorageError, url: str, action: str, attempt: int, attempts: int
 ) -> None:
-    """Emit ``p3s.storage.failed`` for one failed try (the storage-failure alarm counts them).
+    """Emit ``p3s.files.storage.failed`` for one failed try (the storage-failure alarm counts them).
 
     Only when a Prefect API is configured: without one Prefect would start a server of its
     own. Announcing never fails the transfer.
@@ -202,9 +202,9 @@ def _announce_failure(
         emit_event(
             event=FAILED_EVENT,
             resource={
-                "prefect.resource.id": f"p3s.storage.{host}",
+                "prefect.resource.id": f"p3s.files.storage.{host}",
                 "prefect.resource.name": host,
-                "p3s.storage.host": host,
+                "p3s.files.storage.host": host,
             },
             payload={
                 "url": url,
