@@ -25,6 +25,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
+from p3s.payloads.paths import products_url
 from p3s.payloads.rawformat import RawFormatError
 from p3s.tasks.analyse import analyse
 from p3s.tasks.publish import emit_finished, emit_values, publish_artifacts, record_result
@@ -39,11 +40,6 @@ from prefect.states import Completed, Failed, State
 from p3s.files.names import RawFile
 from p3s.files.storage import FileVanished, StorageError
 from p3s.system.settings import get_settings
-
-
-def outbox_folder(payload: str, run: int, subrun: int) -> str:
-    """The folder URL of one payload's products: ``OUTBOX/runRRRRRR/SSSS/PAYLOAD``."""
-    return f"{get_settings().outbox.rstrip('/')}/run{run:06d}/{subrun:04d}/{payload}"
 
 
 def run_dqm(
@@ -64,7 +60,7 @@ def run_dqm(
         staged = stage_in(raw.url, scratch / "in")
         result = analyse(payload, staged.path, scratch / "out", n_events)
         raw = replace(raw, run=result.run, subrun=result.subrun)
-        outbox = outbox_folder(payload, result.run, result.subrun)
+        outbox = products_url(get_settings().outbox, result.run, result.subrun, payload)
         products = stage_out(result.products, outbox)
     except RawFormatError as exc:
         message = f"corrupt input {raw.name}: {exc.fault}"

@@ -36,39 +36,11 @@ from matplotlib._pylab_helpers import Gcf
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from .paths import products_dir, safe_name
+
 __all__ = ["PayloadResult", "new_figure", "products_dir", "safe_name"]
 
 SUMMARY_FILE = "summary.json"
-
-
-def safe_name(name: str) -> str:
-    """Return ``name`` usable as a file name: ``/`` and ``\\`` become ``_``.
-
-    Args:
-        name: a product name such as ``"fiber03/persistent_fft"``.
-
-    Returns:
-        ``"fiber03_persistent_fft"``.
-    """
-    cleaned = name.replace("/", "_").replace("\\", "_").strip()
-    if not cleaned or cleaned in {".", ".."}:
-        raise ValueError(f"product name {name!r} cannot be used as a file name")
-    return cleaned
-
-
-def products_dir(outbox: str | os.PathLike[str], run: int, subrun: int, payload: str) -> Path:
-    """Return the folder of one payload's products for one raw file, under run and subrun.
-
-    Args:
-        outbox: the output area (p3s's ``P3S_OUTPUT_DIR``, ``P3S_EVDISP_DIR``, ...).
-        run: run number of the input file.
-        subrun: subrun number of the input file.
-        payload: payload name, e.g. ``"tpc_monitor"``.
-
-    Returns:
-        ``outbox/run{run:06d}/{subrun:04d}/{payload}``, e.g. ``outbox/run004649/0003/beam``.
-    """
-    return Path(outbox) / f"run{int(run):06d}" / f"{int(subrun):04d}" / safe_name(payload)
 
 
 def new_figure(width_in: float = 6.4, height_in: float = 4.8, dpi: int = 100) -> Figure:

@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
+from . import PAYLOADS
 from .products import PayloadResult, products_dir
 from .rawformat import RawFormatError, open_raw
 
@@ -52,8 +53,6 @@ __all__ = [
     "run_payload",
 ]
 
-PAYLOADS = ("tpc_monitor", "purity", "evdisplay", "beam")
-"""Names of the DQM payloads, each a module ``p3s.payloads.NAME`` with ``analyse``."""
 
 EX_USAGE = 2  # argparse's code for command-line errors
 EX_DATAERR = 65

@@ -27,7 +27,9 @@ from prefect.client.schemas.filters import (
 )
 
 from p3s.dqm.links import PAYLOAD_PAGES, flow_run_ui_url, page_path, prefect_ui_url, product_path
+from p3s.files.names import RawFile
 from p3s.jobs.states import P3S_FILTERS, p3s_state
+from p3s.system.datatypes import dqm_payload_of
 from p3s.system.settings import Settings
 
 from . import content, plots
@@ -231,13 +233,10 @@ def create_app(settings: Settings) -> FastAPI:
         content_link = None
         url = str(parameters.get("file_url", ""))
         flow_name = names.get(str(run.flow_id), "")
-        if flow_name.startswith("dqm-"):
-            from p3s.files.names import RawFile
-
-            raw = RawFile.from_url(url)
-            payload = flow_name.removeprefix("dqm-").replace("-", "_")
-            if payload in PAYLOAD_PAGES:
-                content_link = page_path(payload, raw.run, raw.subrun)
+        payload = dqm_payload_of(flow_name)
+        if payload is not None:
+            raw = RawFile.from_params(url, parameters.get("run"), parameters.get("subrun"), None)
+            content_link = page_path(payload, raw.run, raw.subrun)
         return page(
             request,
             "job.html",

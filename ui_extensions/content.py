@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from p3s.payloads.rawformat import APA_TPC
-from sqlalchemy import func, select
 
-from p3s.dqm.catalog import ChannelStatus, DqmResult, File, Product, Purity, open_catalog
+from p3s.dqm.catalog import open_catalog
 from p3s.files.storage import filesystem
 
 #: Media types of the products the app serves; anything else is refused.
@@ -51,109 +50,35 @@ class Page:
 
 def runs(limit: int = 200) -> list[dict[str, Any]]:
     """Runs (newest first) with their files' subruns and each payload's outcomes."""
-    catalog = open_catalog()
-    with catalog.session() as session:
-        files = session.execute(
-            select(File.id, File.run, File.subrun, File.name)
-            .order_by(File.run.desc(), File.subrun)
-            .limit(limit * 10)
-        ).all()
-        ids = [f.id for f in files]
-        results = (
-            session.execute(
-                select(DqmResult.file_id, DqmResult.payload, DqmResult.outcome).where(
-                    DqmResult.file_id.in_(ids)
-                )
-            ).all()
-            if ids
-            else []
-        )
-    outcomes: dict[int, dict[str, str]] = {}
-    for file_id, payload, outcome in results:
-        outcomes.setdefault(file_id, {})[payload] = outcome
-    by_run: dict[int, dict[str, Any]] = {}
-    for f in files:
-        entry = by_run.setdefault(f.run, {"run": f.run, "files": []})
-        entry["files"].append(
-            {"subrun": f.subrun, "name": f.name, "outcomes": outcomes.get(f.id, {})}
-        )
-    return list(by_run.values())[:limit]
+    return open_catalog().runs_overview(limit)
 
 
 def purity_page(run: int | None, page: int, page_size: int) -> Page:
     """Purity rows (run, TPC and APA, timestamp, lifetime, error, count), newest run first."""
     catalog = open_catalog()
-    with catalog.session() as session:
-        query = select(Purity)
-        counted = select(func.count(Purity.id))
-        if run is not None:
-            query = query.where(Purity.run == run)
-            counted = counted.where(Purity.run == run)
-        total = int(session.scalar(counted) or 0)
-        pages = max(1, -(-total // page_size))
-        page = min(max(1, page), pages)
-        found = session.scalars(
-            query.order_by(Purity.run.desc(), Purity.timestamp.desc(), Purity.tpc)
-            .limit(page_size)
-            .offset((page - 1) * page_size)
-        ).all()
+    total = catalog.purity_count(run)
+    pages = max(1, -(-total // page_size))
+    page = min(max(1, page), pages)
     rows = [
-        {
-            "run": p.run,
-            "tpc": p.tpc,
-            "apa": apa_of_tpc(p.tpc),
-            "tpc_label": tpc_label(p.tpc),
-            "timestamp": p.timestamp,
-            "lifetime_ms": p.lifetime_ms,
-            "error_ms": p.error_ms,
-            "count": p.count,
-        }
-        for p in found
+        {**p, "apa": apa_of_tpc(p["tpc"]), "tpc_label": tpc_label(p["tpc"])}
+        for p in catalog.purity_rows(run, (page - 1) * page_size, page_size)
     ]
     return Page(rows, page, pages, total)
 
 
 def purity_series(run: int | None = None) -> dict[int, list[tuple[str, float, float]]]:
     """TPC -> [(timestamp, lifetime ms, error ms)] in time order, rows with a lifetime only."""
-    catalog = open_catalog()
-    with catalog.session() as session:
-        query = select(Purity.tpc, Purity.timestamp, Purity.lifetime_ms, Purity.error_ms).where(
-            Purity.lifetime_ms.is_not(None)
-        )
-        if run is not None:
-            query = query.where(Purity.run == run)
-        rows = session.execute(query.order_by(Purity.timestamp)).all()
-    series: dict[int, list[tuple[str, float, float]]] = {}
-    for tpc, timestamp, lifetime, error in rows:
-        series.setdefault(tpc, []).append((timestamp, lifetime, error or 0.0))
-    return series
+    return open_catalog().purity_series(run)
 
 
 def purity_tpcs(run: int | None = None) -> list[int]:
     """Every TPC with a purity row (of ``run``)."""
-    query = select(Purity.tpc).distinct()
-    if run is not None:
-        query = query.where(Purity.run == run)
-    catalog = open_catalog()
-    with catalog.session() as session:
-        return sorted(session.scalars(query).all())
+    return open_catalog().purity_tpcs(run)
 
 
 def noisy_trend(last_runs: int = 100) -> list[tuple[int, int, int]]:
     """[(run, noisy channels, dead channels)] of the last runs, summed over APAs and planes."""
-    catalog = open_catalog()
-    with catalog.session() as session:
-        rows = session.execute(
-            select(
-                ChannelStatus.run,
-                func.sum(ChannelStatus.n_noisy),
-                func.sum(ChannelStatus.n_dead),
-            )
-            .group_by(ChannelStatus.run)
-            .order_by(ChannelStatus.run.desc())
-            .limit(last_runs)
-        ).all()
-    return sorted((int(r), int(n or 0), int(d or 0)) for r, n, d in rows)
+    return open_catalog().noisy_trend(last_runs)
 
 
 def products(run: int, subrun: int, payload: str) -> list[dict[str, Any]]:
@@ -172,38 +97,12 @@ def subruns(run: int, payload: str) -> list[int]:
 
 def result(run: int, subrun: int, payload: str) -> dict[str, Any] | None:
     """The catalog result (outcome, reason, flow run id, summary) of one payload and file."""
-    catalog = open_catalog()
-    with catalog.session() as session:
-        found = session.execute(
-            select(DqmResult)
-            .join(File, File.id == DqmResult.file_id)
-            .where(File.run == run, File.subrun == subrun, DqmResult.payload == payload)
-            .order_by(DqmResult.finished.desc())
-        ).first()
-    if found is None:
-        return None
-    r = found[0]
-    return {
-        "outcome": r.outcome,
-        "reason": r.reason,
-        "flow_run_id": r.flow_run_id,
-        "finished": r.finished,
-        "summary": r.summary or {},
-    }
+    return open_catalog().latest_result(run, subrun, payload)
 
 
 def channel_status(run: int, subrun: int) -> list[dict[str, Any]]:
     """Dead and noisy counts and mean RMS per APA and plane of one raw file."""
-    catalog = open_catalog()
-    with catalog.session() as session:
-        found = session.scalars(
-            select(ChannelStatus)
-            .join(File, File.id == ChannelStatus.file_id)
-            .where(ChannelStatus.run == run, File.subrun == subrun)
-            .order_by(ChannelStatus.apa, ChannelStatus.plane)
-        ).all()
-    keys = ("apa", "plane", "n_channels", "n_dead", "n_noisy", "mean_rms", "mean_pedestal")
-    return [{key: getattr(c, key) for key in keys} for c in found]
+    return open_catalog().channel_status(run, subrun)
 
 
 def fft_images(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -218,19 +117,7 @@ def fft_images(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def find_product(run: int, subrun: int, payload: str, name: str) -> dict[str, Any] | None:
     """The catalog row of one product, or None: the only way to a stored file."""
-    catalog = open_catalog()
-    with catalog.session() as session:
-        row = session.execute(
-            select(Product.url, Product.size, Product.sha256)
-            .join(File, File.id == Product.file_id)
-            .where(
-                Product.run == run,
-                File.subrun == subrun,
-                Product.payload == payload,
-                Product.name == name,
-            )
-        ).first()
-    return None if row is None else {"url": row.url, "size": row.size, "sha256": row.sha256}
+    return open_catalog().find_product(run, subrun, payload, name)
 
 
 def read_product(url: str) -> bytes:

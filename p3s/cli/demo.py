@@ -28,6 +28,7 @@ def demo(
     """Drop a simulated raw file into the inbox; the inbox watcher claims it and event
     triggers start the four DQM flows; show their states and product folders."""
     from p3s.files.lifecycle import Layout
+    from p3s.payloads.paths import products_url
     from p3s.stack.demo import drop_into_inbox, wait_for_dqm_runs, wait_until_settled
     from p3s.system.datatypes import classify
 
@@ -49,12 +50,12 @@ def demo(
         runs = asyncio.run(wait_for_dqm_runs(name, feeds, timeout_s=timeout))
     table = Table("payload", "state")
     table.add_column("flow run id", no_wrap=True)
-    products = f"{settings.outbox.rstrip('/')}/run{identity.run:06d}/{identity.subrun:04d}"
+    products = products_url(settings.outbox, identity.run, identity.subrun, "<payload>")
     for payload, flow_run in runs.items():
         state = flow_run.state.name if flow_run.state else "?"
         table.add_row(payload, state, str(flow_run.id))
     console.print(table)
-    console.print(f"DQM products: {products}/<payload>/")
+    console.print(f"DQM products: {products}/")
     try:
         where = wait_until_settled(settings, name, timeout_s=min(timeout, 300))
         console.print(f"[green]✓[/green] {name} is in {where}/ ({layout.area(where).url})")

@@ -17,6 +17,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from p3s.dqm.links import PAYLOAD_PAGES
+
 app = typer.Typer(help="Query the DQM catalog (files, results, purity, channels, products).")
 console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -26,7 +28,6 @@ CatalogOption = Annotated[
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="JSON lines with every field.")]
 RunOption = Annotated[int | None, typer.Option("--run", "-r", help="Only this run.")]
-PAYLOAD_SHORT = {"tpc_monitor": "tpc", "purity": "pur", "evdisplay": "evd", "beam": "beam"}
 OUTCOME_WORD = {"completed": "ok", "failed": "failed", "corrupt": "corrupt"}
 OUTCOME_STYLE = {"completed": "green", "failed": "red", "corrupt": "magenta"}
 
@@ -76,7 +77,7 @@ def _outcomes(row: dict[str, Any]) -> str:
     for payload, outcome in sorted(row["outcomes"].items()):
         style = OUTCOME_STYLE.get(outcome, "white")
         word = OUTCOME_WORD.get(outcome, outcome)
-        parts.append(f"{PAYLOAD_SHORT.get(payload, payload)}:[{style}]{word}[/{style}]")
+        parts.append(f"{PAYLOAD_PAGES.get(payload, payload)}:[{style}]{word}[/{style}]")
     return " ".join(parts) or "-"
 
 

@@ -6,22 +6,9 @@ in production, e.g. ``postgresql+psycopg://user@host/db``). Tables are created o
 Recording is idempotent: :meth:`Catalog.record_payload` replaces everything one payload wrote
 for one file in a single transaction, so a retried flow run leaves one set of rows, not two.
 
-Tables (one row per):
-
-============== ==================================================================
-files          raw file (name unique): URL, run, subrun, size (bytes), adler32
-runs           run number, first seen
-dqm_results    file x payload: outcome, reason, flow run id, start and end times
-purity         file x TPC: run, timestamp, lifetime (ms), error (ms), track count
-channel_status file x APA x plane: channels, dead, noisy, mean RMS and pedestal (ADC)
-products       file x payload x product: URL, size (bytes), sha256, adler32
-dq_checks      file x payload x check x place: quality, value, unit, limit, reason, version
-dq_flags       run x area ("APA 1", "TPC 2", "beam", "run"): worst quality, checks' versions
-dq_references  payload ("*" for every payload): the reference run
-============== ==================================================================
-
-The data-quality tables are written by :mod:`p3s.dqm` (checks of ``p3s/dqm/checks``); a run's
-flags are the worst of its checks' qualities per area (APA, TPC, beam) and over the run.
+The tables are in :mod:`p3s.dqm.tables`. The data-quality tables are written by :mod:`p3s.dqm`
+(checks of ``p3s/dqm/checks``); a run's flags are the worst of its checks' qualities per area
+(APA, TPC, beam) and over the run.
 """
 
 from __future__ import annotations
@@ -29,33 +16,34 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import (
-    JSON,
-    BigInteger,
-    DateTime,
-    Float,
-    ForeignKey,
-    Integer,
-    String,
-    Text,
-    UniqueConstraint,
-    create_engine,
-    delete,
-    select,
-)
+from sqlalchemy import create_engine, delete, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
+from p3s.dqm.tables import (
+    Base,
+    ChannelStatus,
+    DqCheck,
+    DqFlag,
+    DqmResult,
+    DqReference,
+    File,
+    Product,
+    Purity,
+    Run,
+    now_utc,
+)
+from p3s.files.lifecycle import OUTCOMES
+from p3s.files.storage import adler32_of
 from p3s.system.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -81,145 +69,10 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-OUTCOMES = ("completed", "failed", "corrupt")
-"""What a DQM flow run can report for its file."""
 QUALITIES = ("good", "medium", "bad")
 """Data-quality levels, best first."""
 ANY_PAYLOAD = "*"
 """The payload name of a reference run set for every payload."""
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class Run(Base):
-    __tablename__ = "runs"
-
-    run: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    first_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
-
-
-class File(Base):
-    __tablename__ = "files"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(255), unique=True)
-    url: Mapped[str] = mapped_column(Text)
-    run: Mapped[int] = mapped_column(ForeignKey("runs.run"), index=True)
-    subrun: Mapped[int] = mapped_column(Integer)
-    size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    adler32: Mapped[str | None] = mapped_column(String(8), nullable=True)
-    first_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
-
-
-class DqmResult(Base):
-    __tablename__ = "dqm_results"
-    __table_args__ = (UniqueConstraint("file_id", "payload"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    file_id: Mapped[int] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"))
-    payload: Mapped[str] = mapped_column(String(32))
-    outcome: Mapped[str] = mapped_column(String(16))
-    reason: Mapped[str] = mapped_column(Text, default="")
-    flow_run_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
-    started: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    finished: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
-    summary: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
-
-
-class Purity(Base):
-    __tablename__ = "purity"
-    __table_args__ = (UniqueConstraint("file_id", "tpc"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    file_id: Mapped[int] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"))
-    run: Mapped[int] = mapped_column(Integer, index=True)
-    tpc: Mapped[int] = mapped_column(Integer)
-    timestamp: Mapped[str] = mapped_column(String(32))
-    lifetime_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
-    error_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
-    count: Mapped[int] = mapped_column(Integer)
-
-
-class ChannelStatus(Base):
-    __tablename__ = "channel_status"
-    __table_args__ = (UniqueConstraint("file_id", "apa", "plane"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    file_id: Mapped[int] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"))
-    run: Mapped[int] = mapped_column(Integer, index=True)
-    apa: Mapped[int] = mapped_column(Integer)
-    plane: Mapped[str] = mapped_column(String(1))
-    n_channels: Mapped[int] = mapped_column(Integer)
-    n_dead: Mapped[int] = mapped_column(Integer)
-    n_noisy: Mapped[int] = mapped_column(Integer)
-    mean_rms: Mapped[float | None] = mapped_column(Float, nullable=True)
-    mean_pedestal: Mapped[float | None] = mapped_column(Float, nullable=True)
-
-
-class Product(Base):
-    __tablename__ = "products"
-    __table_args__ = (UniqueConstraint("file_id", "payload", "name"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    file_id: Mapped[int] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"))
-    run: Mapped[int] = mapped_column(Integer, index=True)
-    payload: Mapped[str] = mapped_column(String(32))
-    name: Mapped[str] = mapped_column(String(255))
-    url: Mapped[str] = mapped_column(Text)
-    size: Mapped[int] = mapped_column(BigInteger)
-    sha256: Mapped[str] = mapped_column(String(64))
-    adler32: Mapped[str] = mapped_column(String(8))
-    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
-
-
-class DqCheck(Base):
-    __tablename__ = "dq_checks"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    file_id: Mapped[int] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"))
-    run: Mapped[int] = mapped_column(Integer, index=True)
-    payload: Mapped[str] = mapped_column(String(32))
-    check: Mapped[str] = mapped_column(String(64))
-    area: Mapped[str] = mapped_column(String(32))
-    place: Mapped[str] = mapped_column(String(64))
-    quality: Mapped[str] = mapped_column(String(8))
-    value: Mapped[float | None] = mapped_column(Float, nullable=True)
-    unit: Mapped[str] = mapped_column(String(32), default="")
-    reason: Mapped[str] = mapped_column(Text, default="")
-    product: Mapped[str] = mapped_column(String(255), default="")
-    reference_run: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    counts: Mapped[int] = mapped_column(Integer, default=1)
-    version: Mapped[str] = mapped_column(String(64))
-    evaluated: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
-
-
-class DqFlag(Base):
-    __tablename__ = "dq_flags"
-    __table_args__ = (UniqueConstraint("run", "area"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    run: Mapped[int] = mapped_column(ForeignKey("runs.run"), index=True)
-    area: Mapped[str] = mapped_column(String(32))
-    quality: Mapped[str] = mapped_column(String(8))
-    n_medium: Mapped[int] = mapped_column(Integer, default=0)
-    n_bad: Mapped[int] = mapped_column(Integer, default=0)
-    reasons: Mapped[list[str]] = mapped_column(JSON, default=list)
-    versions: Mapped[str] = mapped_column(Text, default="")
-    updated: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
-
-
-class DqReference(Base):
-    __tablename__ = "dq_references"
-
-    payload: Mapped[str] = mapped_column(String(32), primary_key=True)
-    run: Mapped[int] = mapped_column(Integer)
-    set_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
 @dataclass(frozen=True)
@@ -247,14 +100,16 @@ class ProductInfo:
 def file_checksums(path: str | Path) -> tuple[int, str, str]:
     """Size (bytes), sha256 and adler32 (8 hex digits) of a local file, in one read."""
     sha = hashlib.sha256()
-    adler = 1
     size = 0
+
+    def also(chunk: bytes) -> None:
+        nonlocal size
+        sha.update(chunk)
+        size += len(chunk)
+
     with open(path, "rb") as handle:
-        while chunk := handle.read(4 * 1024 * 1024):
-            sha.update(chunk)
-            adler = zlib.adler32(chunk, adler)
-            size += len(chunk)
-    return size, sha.hexdigest(), f"{adler & 0xFFFFFFFF:08x}"
+        adler = adler32_of(handle, also=also)
+    return size, sha.hexdigest(), adler
 
 
 def sync_url(url: str) -> str:
@@ -464,7 +319,7 @@ class Catalog:
             result.reason = reason
             result.flow_run_id = flow_run_id
             result.started = started
-            result.finished = finished or _now()
+            result.finished = finished or now_utc()
             result.summary = dict(summary) if summary is not None else None
             self._replace_rows(session, file, payload, purity, planes, products)
 
@@ -595,6 +450,143 @@ class Catalog:
             rows = session.execute(query.order_by(File.subrun, Product.payload, Product.name)).all()
         return [{**_row(p), "file": name, "subrun": subrun} for p, name, subrun in rows]
 
+    # -- what the content pages read ---------------------------------------------------------
+
+    def runs_overview(self, limit: int = 200) -> list[dict[str, Any]]:
+        """Runs (newest first) with their files' subruns and each payload's outcome."""
+        with self.session() as session:
+            files = session.execute(
+                select(File.id, File.run, File.subrun, File.name)
+                .order_by(File.run.desc(), File.subrun)
+                .limit(limit * 10)
+            ).all()
+            ids = [f.id for f in files]
+            results = (
+                session.execute(
+                    select(DqmResult.file_id, DqmResult.payload, DqmResult.outcome).where(
+                        DqmResult.file_id.in_(ids)
+                    )
+                ).all()
+                if ids
+                else []
+            )
+        outcomes: dict[int, dict[str, str]] = {}
+        for file_id, payload, outcome in results:
+            outcomes.setdefault(file_id, {})[payload] = outcome
+        by_run: dict[int, dict[str, Any]] = {}
+        for f in files:
+            entry = by_run.setdefault(f.run, {"run": f.run, "files": []})
+            entry["files"].append(
+                {"subrun": f.subrun, "name": f.name, "outcomes": outcomes.get(f.id, {})}
+            )
+        return list(by_run.values())[:limit]
+
+    def purity_count(self, run: int | None = None) -> int:
+        """How many purity rows there are (of ``run``)."""
+        query = select(func.count(Purity.id))
+        if run is not None:
+            query = query.where(Purity.run == run)
+        with self.session() as session:
+            return int(session.scalar(query) or 0)
+
+    def purity_rows(self, run: int | None, offset: int, limit: int) -> list[dict[str, Any]]:
+        """Purity rows (of ``run``), newest run and time first: ``limit`` from ``offset``."""
+        query = select(Purity)
+        if run is not None:
+            query = query.where(Purity.run == run)
+        with self.session() as session:
+            found = session.scalars(
+                query.order_by(Purity.run.desc(), Purity.timestamp.desc(), Purity.tpc)
+                .limit(limit)
+                .offset(offset)
+            ).all()
+        return [_row(p) for p in found]
+
+    def purity_series(self, run: int | None = None) -> dict[int, list[tuple[str, float, float]]]:
+        """TPC -> [(timestamp, lifetime ms, error ms)] in time order, rows with a lifetime only."""
+        query = select(Purity.tpc, Purity.timestamp, Purity.lifetime_ms, Purity.error_ms).where(
+            Purity.lifetime_ms.is_not(None)
+        )
+        if run is not None:
+            query = query.where(Purity.run == run)
+        with self.session() as session:
+            rows = session.execute(query.order_by(Purity.timestamp)).all()
+        series: dict[int, list[tuple[str, float, float]]] = {}
+        for tpc, timestamp, lifetime, error in rows:
+            series.setdefault(tpc, []).append((timestamp, lifetime, error or 0.0))
+        return series
+
+    def purity_tpcs(self, run: int | None = None) -> list[int]:
+        """Every TPC with a purity row (of ``run``)."""
+        query = select(Purity.tpc).distinct()
+        if run is not None:
+            query = query.where(Purity.run == run)
+        with self.session() as session:
+            return sorted(session.scalars(query).all())
+
+    def noisy_trend(self, last_runs: int = 100) -> list[tuple[int, int, int]]:
+        """[(run, noisy channels, dead channels)] of the last runs, summed over APAs and planes."""
+        with self.session() as session:
+            rows = session.execute(
+                select(
+                    ChannelStatus.run,
+                    func.sum(ChannelStatus.n_noisy),
+                    func.sum(ChannelStatus.n_dead),
+                )
+                .group_by(ChannelStatus.run)
+                .order_by(ChannelStatus.run.desc())
+                .limit(last_runs)
+            ).all()
+        return sorted((int(r), int(n or 0), int(d or 0)) for r, n, d in rows)
+
+    def latest_result(self, run: int, subrun: int, payload: str) -> dict[str, Any] | None:
+        """The newest result (outcome, reason, flow run id, finished, summary) of one payload
+        for the file of ``run`` and ``subrun``, or None."""
+        with self.session() as session:
+            found = session.scalars(
+                select(DqmResult)
+                .join(File, File.id == DqmResult.file_id)
+                .where(File.run == run, File.subrun == subrun, DqmResult.payload == payload)
+                .order_by(DqmResult.finished.desc())
+            ).first()
+        if found is None:
+            return None
+        return {
+            "outcome": found.outcome,
+            "reason": found.reason,
+            "flow_run_id": found.flow_run_id,
+            "finished": found.finished,
+            "summary": found.summary or {},
+        }
+
+    def channel_status(self, run: int, subrun: int) -> list[dict[str, Any]]:
+        """Dead and noisy counts and mean RMS per APA and plane of the file of ``run`` and
+        ``subrun``."""
+        with self.session() as session:
+            found = session.scalars(
+                select(ChannelStatus)
+                .join(File, File.id == ChannelStatus.file_id)
+                .where(ChannelStatus.run == run, File.subrun == subrun)
+                .order_by(ChannelStatus.apa, ChannelStatus.plane)
+            ).all()
+        keys = ("apa", "plane", "n_channels", "n_dead", "n_noisy", "mean_rms", "mean_pedestal")
+        return [{key: getattr(c, key) for key in keys} for c in found]
+
+    def find_product(self, run: int, subrun: int, payload: str, name: str) -> dict[str, Any] | None:
+        """URL, size and sha256 of one recorded product, or None."""
+        with self.session() as session:
+            row = session.execute(
+                select(Product.url, Product.size, Product.sha256)
+                .join(File, File.id == Product.file_id)
+                .where(
+                    Product.run == run,
+                    File.subrun == subrun,
+                    Product.payload == payload,
+                    Product.name == name,
+                )
+            ).first()
+        return None if row is None else {"url": row.url, "size": row.size, "sha256": row.sha256}
+
     # -- data quality -------------------------------------------------------------------------
 
     def completed(
@@ -657,7 +649,7 @@ class Catalog:
             session.execute(
                 delete(DqCheck).where(DqCheck.file_id == file.id, DqCheck.payload == payload)
             )
-            now = _now()
+            now = now_utc()
             for row in rows:
                 session.add(
                     DqCheck(
@@ -704,7 +696,7 @@ class Catalog:
             flag.n_bad = sum(c.quality == "bad" for c in members)
             flag.reasons = list(dict.fromkeys(c.reason for c in failing))
             flag.versions = ", ".join(sorted({f"{c.payload} {c.version}" for c in members}))
-            flag.updated = _now()
+            flag.updated = now_utc()
             changes.append(FlagChange(run, area, worst, before, tuple(flag.reasons)))
         for stale in old.values():
             session.delete(stale)
@@ -765,7 +757,7 @@ class Catalog:
             if ref is None:
                 session.add(DqReference(payload=payload, run=run))
             else:
-                ref.run, ref.set_at = run, _now()
+                ref.run, ref.set_at = run, now_utc()
 
     def unset_reference(self, payload: str = ANY_PAYLOAD) -> bool:
         """Forget the reference run of ``payload``; False if it had none."""

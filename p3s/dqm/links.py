@@ -5,15 +5,13 @@ One place spells the paths, so an artifact of a DQM run and the app's routes can
 
 from __future__ import annotations
 
+from p3s.payloads import PAYLOADS
 from p3s.system.settings import Settings
 
-#: The content page of each DQM payload, under the app's base URL.
-PAYLOAD_PAGES = {
-    "tpc_monitor": "tpc",
-    "purity": "purity",
-    "evdisplay": "evdisplay",
-    "beam": "beam",
-}
+#: The content page of each DQM payload, under the app's base URL: named for the payload,
+#: but for the ones below.
+_SHORT_PAGES = {"tpc_monitor": "tpc"}
+PAYLOAD_PAGES = {payload: _SHORT_PAGES.get(payload, payload) for payload in PAYLOADS}
 
 
 def page_path(payload: str, run: int, subrun: int) -> str:

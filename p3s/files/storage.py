@@ -27,7 +27,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 from urllib.parse import urlsplit
 
 import fsspec
@@ -43,6 +43,7 @@ __all__ = [
     "StorageUnavailable",
     "adler32",
     "adler32_local",
+    "adler32_of",
     "exists",
     "filesystem",
     "listdir",
@@ -229,21 +230,26 @@ def _invalidate(fs: fsspec.AbstractFileSystem) -> Callable[[], None]:
     return invalidate
 
 
+def adler32_of(handle: IO[bytes], *, also: Callable[[bytes], object] | None = None) -> str:
+    """The adler32 checksum (8 lowercase hex digits) of what ``handle`` reads to its end; each
+    chunk also goes to ``also`` when given (a second hash, a byte count: one read for all)."""
+    value = 1
+    while chunk := handle.read(CHUNK):
+        value = zlib.adler32(chunk, value)
+        if also is not None:
+            also(chunk)
+    return f"{value & 0xFFFFFFFF:08x}"
+
+
 def adler32_local(path: str | os.PathLike[str]) -> str:
     """The adler32 checksum of a local file, as 8 lowercase hex digits."""
-    value = 1
     with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            value = zlib.adler32(chunk, value)
-    return f"{value & 0xFFFFFFFF:08x}"
+        return adler32_of(handle)
 
 
 def _adler32_stream(fs: fsspec.AbstractFileSystem, path: str) -> str:
-    value = 1
     with fs.open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            value = zlib.adler32(chunk, value)
-    return f"{value & 0xFFFFFFFF:08x}"
+        return adler32_of(handle)
 
 
 def remote_checksum(url: str) -> str | None:

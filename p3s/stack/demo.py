@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from p3s.jobs.model import P3SJob
+from p3s.payloads import PAYLOADS
 from p3s.system.settings import PACKAGED_PAYLOADS, Settings
 
-#: The DQM payloads, in the order a shifter reads them.
-DQM_PAYLOADS = ("tpc_monitor", "purity", "evdisplay", "beam")
 DQM_RUNNER = PACKAGED_PAYLOADS / "bin" / "p3s-dqm"
 
 
@@ -28,7 +27,7 @@ def dqm_jobs(raw_file: Path, outbox: Path, n_events: int | None = None) -> list[
             priority=5,
             env=env,
         )
-        for name in DQM_PAYLOADS
+        for name in PAYLOADS
     ]
 
 

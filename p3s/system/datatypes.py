@@ -18,13 +18,21 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, Field, field_validator
 
+from p3s.payloads import PAYLOADS
+
+
+def dqm_flow_name(payload: str) -> str:
+    """The DQM flow of a payload: ``tpc_monitor`` -> ``dqm-tpc-monitor``."""
+    return "dqm-" + payload.replace("_", "-")
+
+
+def dqm_payload_of(flow_name: str) -> str | None:
+    """The payload whose DQM flow is ``flow_name`` (None: not a DQM flow)."""
+    return next((p for p in PAYLOADS if dqm_flow_name(p) == flow_name), None)
+
+
 #: The DQM payloads of protoDUNE-SP and their inbox deployments (flow name/deployment name).
-DQM_DEPLOYMENTS: dict[str, str] = {
-    "tpc_monitor": "dqm-tpc-monitor/inbox",
-    "purity": "dqm-purity/inbox",
-    "evdisplay": "dqm-evdisplay/inbox",
-    "beam": "dqm-beam/inbox",
-}
+DQM_DEPLOYMENTS: dict[str, str] = {p: f"{dqm_flow_name(p)}/inbox" for p in PAYLOADS}
 NP04_RAW_PATTERN = r"^np04_raw_run(?P<run>\d{6,})_(?P<subrun>\d{4,})_dl(?P<stream>\d+)\.h5$"
 
 

@@ -15,11 +15,15 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+import p3s.payloads
 from p3s.system.datatypes import DataType, default_datatypes
 
 #: Where the repository (or the installed package) lives: the default home is beside it.
 PROJECT_DIR = Path(__file__).resolve().parents[2]
-PACKAGED_PAYLOADS = PROJECT_DIR / "payloads"
+#: The packaged payloads (``bin/``, ``p3s-inputs/``, ``workflows/``) where the package is
+#: installed: the repository's ``payloads/`` in an editable install, ``site-packages/p3s/payloads``
+#: from a wheel.
+PACKAGED_PAYLOADS = Path(p3s.payloads.__file__).resolve().parent
 #: Where p3s at CERN kept its payload scripts and its data; reference jobs name these paths.
 P3S_AFS_INPUTS = "/afs/cern.ch/user/n/np04dqm/public/p3s/p3s/inputs"
 P3S_EOS_AREA = "/eos/experiment/neutplatform/protodune/np04tier0/p3s"

@@ -80,7 +80,7 @@ def test_tables_fit_80_columns(catalog_url: str, args: list[str]) -> None:
 def test_files_show_each_payload_outcome(catalog_url: str) -> None:
     output = _run("files", "--catalog", catalog_url)
     assert NAME in output
-    assert "pur:ok" in output and "tpc:ok" in output and "beam:corrupt" in output
+    assert "purity:ok" in output and "tpc:ok" in output and "beam:corrupt" in output
 
 
 def test_json_lines_carry_every_field(catalog_url: str) -> None:

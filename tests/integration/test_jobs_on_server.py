@@ -317,7 +317,9 @@ def test_p3s_reference_dqm_jobs_run_as_they_are(stack: Stack) -> None:
 
 
 def test_every_dqm_payload_runs_as_a_p3s_job(stack: Stack, tmp_path: Path) -> None:
-    from p3s.stack.demo import DQM_PAYLOADS, dqm_jobs
+    from p3s.payloads import PAYLOADS as DQM_PAYLOADS
+
+    from p3s.stack.demo import dqm_jobs
 
     raw = small_raw_file(tmp_path / "raw", run=8)
     runs = submit_and_wait(dqm_jobs(raw, tmp_path / "outbox", n_events=2))
