@@ -116,7 +116,7 @@ def run_dqm(
     )
     settle_file(raw.name, payload, "completed", message, raw.datatype)
     try:
-        replica = replicate_outputs(outbox)
+        replica = replicate_outputs(outbox, {p.name: p.adler32 for p in products})
     except Exception as exc:
         failure = f"{message}; replicating them failed after retries: {exc}"
         logger.error(failure)

@@ -22,8 +22,8 @@ _retry = retry_on(StorageUnavailable, ChecksumMismatch, TransportError, OSError)
 @task(
     name="output-transport", task_run_name="transport:{outbox_url}", **storage_task_options(_retry)
 )
-def _replicate(outbox_url: str) -> Replica:
-    replica = replicate(get_settings(), outbox_url)
+def _replicate(outbox_url: str, known: dict[str, str] | None) -> Replica:
+    replica = replicate(get_settings(), outbox_url, known)
     verb = "replicated" if replica.copied else "already replicated"
     get_run_logger().info(
         "%s %d files (adler32 checked) from %s to %s",
@@ -35,9 +35,11 @@ def _replicate(outbox_url: str) -> Replica:
     return replica
 
 
-def replicate_outputs(outbox_url: str) -> Replica:
-    """Copy the products folder ``outbox_url`` to the replica location.
+def replicate_outputs(outbox_url: str, known: dict[str, str] | None = None) -> Replica:
+    """Copy the products folder ``outbox_url`` to the replica location; ``known``: the adler32
+    of each product by name, as the run's stage-out recorded it (the copies are checked
+    against it without reading the products again).
 
     Raises what the last try raised (:class:`~p3s.files.transport.TransportError`, a storage error).
     """
-    return _replicate.with_options(**storage_retries())(outbox_url)
+    return _replicate.with_options(**storage_retries())(outbox_url, known)

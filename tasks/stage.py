@@ -31,7 +31,8 @@ def _stage_out(paths: list[Path], outbox_url: str) -> list[ProductInfo]:
     products = []
     for path in paths:
         size, sha256, adler32 = file_checksums(path)
-        url = storage.stage_out(path, f"{outbox_url.rstrip('/')}/{path.name}", attempts=1)
+        dest = f"{outbox_url.rstrip('/')}/{path.name}"
+        url = storage.stage_out(path, dest, attempts=1, adler32=adler32)
         products.append(ProductInfo(path.name, url, size, sha256, adler32))
     return products
 

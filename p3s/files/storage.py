@@ -381,7 +381,11 @@ def stage_in_checked(
 
 
 def stage_out(
-    local: str | os.PathLike[str], dest_url: str | os.PathLike[str], *, attempts: int | None = None
+    local: str | os.PathLike[str],
+    dest_url: str | os.PathLike[str],
+    *,
+    attempts: int | None = None,
+    adler32: str | None = None,
 ) -> str:
     """Copy a local file to ``dest_url`` atomically and return the destination URL.
 
@@ -393,6 +397,9 @@ def stage_out(
         local: the local file.
         dest_url: the final URL (path, ``file://`` or ``root://``), the file's own name included.
         attempts: tries for transient failures (None: ``settings.storage.attempts``).
+        adler32: the checksum the copy must have, when the caller knows it (computed with the
+            file's sha256, or recorded when the file was first written): the local file is then
+            not read for it. None: read here.
 
     Raises:
         FileNotFoundError: ``local`` does not exist.
@@ -405,7 +412,7 @@ def stage_out(
     fs, path = filesystem(full)
     parent, _, name = path.rstrip("/").rpartition("/")
     temp = _join(parent, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
-    size, expected = source.stat().st_size, adler32_local(source)
+    size, expected = source.stat().st_size, adler32 or adler32_local(source)
 
     def copy() -> str:
         try:
@@ -454,6 +461,12 @@ def _remove_quietly(fs: fsspec.AbstractFileSystem, path: str) -> None:
             fs.rm_file(path)
     except Exception:  # noqa: BLE001 - cleanup after a failure must not hide that failure
         log.debug("could not remove %s", path, exc_info=True)
+
+
+def local_path(url: str | os.PathLike[str]) -> Path | None:
+    """The local path of a ``file://`` URL or plain path; None for a remote one."""
+    full = url_for(url)
+    return Path(full[len("file://") :]) if full.startswith("file://") else None
 
 
 def exists(url: str | os.PathLike[str]) -> bool:

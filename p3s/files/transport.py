@@ -4,9 +4,11 @@ p3s planned the automated transport of DQM outputs to FNAL. Here a products fold
 outbox (``OUTBOX/run…/…/PAYLOAD``) is copied to the same relative place under the replica
 root (``settings.inbox.replica_url``, default ``DATA/replica``; ``root://`` in production):
 
-1. every file is staged in from the outbox (size and adler32 checked) and staged out into a
-   hidden ``.incoming-XXXX`` folder beside the destination (atomic per file);
-2. each replica's adler32 is compared with the source's, and a ``MANIFEST.adler32`` is written;
+1. every file is staged out into a hidden ``.incoming-XXXX`` folder beside the destination
+   (atomic per file), straight from a local outbox, through scratch from a remote one; each
+   copy's adler32 is checked against the source's: the one recorded when the DQM run wrote
+   its products (no file is read again for it), or read here for a file without one;
+2. a ``MANIFEST.adler32`` is written;
 3. the folder is renamed to its final name in one step, so a reader sees the whole set or none.
 
 A set whose replica already carries the same manifest is left alone (the flow may run twice).
@@ -18,6 +20,7 @@ import logging
 import posixpath
 import tempfile
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,19 +93,32 @@ def _manifest(checksums: dict[str, str]) -> str:
     return "".join(f"{value}  {rel}\n" for rel, value in sorted(checksums.items()))
 
 
-def replicate(settings: Settings, source_url: str) -> Replica:
+def replicate(
+    settings: Settings, source_url: str, known: Mapping[str, str] | None = None
+) -> Replica:
     """Copy the output set at ``source_url`` (a folder in the outbox) to the replica root.
 
+    Args:
+        known: adler32 of files of the set by path inside it, as recorded when they were
+            written (the DQM run's products): each copy is checked against it, and the source
+            is not read for it. Files not named here are read for their checksum.
+
     Raises:
-        TransportError: not in the outbox, no files, or a replica's checksum differs.
-        storage.StorageError: the storage failed (transient failures are retried inside).
+        TransportError: not in the outbox, no files, a known file missing, or a source file
+            that no longer has its recorded checksum.
+        storage.StorageError: the storage failed (transient failures are retried inside);
+            :class:`~p3s.files.storage.ChecksumMismatch` when a copy kept differing.
     """
     rel = relative_to_outbox(source_url, outbox_url(settings))
     source = storage.url_for(source_url).rstrip("/")
     files = {r: u for r, u in _files(source).items() if r != MANIFEST}
     if not files:
         raise TransportError(f"{source} holds no files to replicate")
-    checksums = {r: storage.adler32(u) for r, u in files.items()}
+    known = dict(known or {})
+    missing = sorted(set(known) - set(files))
+    if missing:
+        raise TransportError(f"{source} lacks {', '.join(missing)}, written by its DQM run")
+    checksums = {r: known.get(r) or storage.adler32(u) for r, u in files.items()}
     manifest = _manifest(checksums)
     root = Area(replica_url(settings))
     dest = root.url.rstrip("/") + "/" + rel
@@ -113,22 +129,29 @@ def replicate(settings: Settings, source_url: str) -> Replica:
         return Replica(source, dest, checksums, copied=False)
     incoming = parent.sub(f".incoming-{leaf}-{uuid.uuid4().hex[:8]}")
     settings.scratch.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="transport-", dir=settings.scratch) as tmp:
-        for rel_file, url in sorted(files.items()):
-            local = storage.stage_in(url, Path(tmp) / posixpath.dirname(rel_file))
-            target = incoming.url + "/" + rel_file
-            storage.stage_out(local, target)
-            got = storage.adler32(target)
-            if got != checksums[rel_file]:
-                incoming.remove_self()
-                raise TransportError(
-                    f"{target}: adler32 {got} differs from the source's {checksums[rel_file]}"
-                )
-            local.unlink(missing_ok=True)
+    try:
+        with tempfile.TemporaryDirectory(prefix="transport-", dir=settings.scratch) as tmp:
+            for rel_file, url in sorted(files.items()):
+                _copy(url, incoming.url + "/" + rel_file, checksums[rel_file], Path(tmp))
+    except BaseException:
+        incoming.remove_self()
+        raise
     incoming.write_text(MANIFEST, manifest)
     _swap_in(parent, incoming, leaf)
     log.info("replicated %d files of %s to %s", len(files), source, dest)
     return Replica(source, dest, checksums, copied=True)
+
+
+def _copy(url: str, target: str, adler32: str, scratch: Path) -> None:
+    """Write the file ``url`` to ``target``, checked against ``adler32``: straight from a local
+    source, through ``scratch`` from a remote one."""
+    local = storage.local_path(url)
+    if local is None:
+        staged = storage.stage_in_checked(url, scratch / uuid.uuid4().hex[:8])
+        if staged.adler32 != adler32:
+            raise TransportError(f"{url}: adler32 {staged.adler32}, recorded {adler32}")
+        local = staged.path
+    storage.stage_out(local, target, adler32=adler32)
 
 
 def _swap_in(parent: Area, incoming: Area, leaf: str) -> None:

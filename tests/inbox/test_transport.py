@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from p3s.files.storage import ChecksumMismatch
 from p3s.files.transport import MANIFEST, TransportError, replicate
-from p3s.system.settings import InboxSettings, Settings, StorageSettings
+from p3s.system.settings import InboxSettings, Settings, StorageSettings, get_settings
 
 
 def _adler(data: bytes) -> str:
@@ -72,3 +73,36 @@ def test_folders_outside_the_outbox_and_empty_sets_are_refused(tmp_path: Path) -
     empty.mkdir(parents=True)
     with pytest.raises(TransportError, match="no files"):
         replicate(settings, str(empty))
+
+
+def test_recorded_checksums_spare_the_reads_but_not_the_check(
+    replica: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The DQM run's recorded adler32 is what each copy is checked against: a product changed
+    since it was recorded is not published, and a recorded product that is gone is named."""
+    monkeypatch.setenv("P3S_STORAGE__ATTEMPTS", "1")
+    get_settings.cache_clear()
+    monkeypatch.setattr("p3s.files.storage._announce_failure", lambda *args: None)
+    url, local = replica
+    settings, folder = _products(tmp_path)
+    settings = settings.model_copy(update={"inbox": InboxSettings(replica_url=url)})
+    recorded = {"purity.json": _adler((folder / "purity.json").read_bytes())}
+    dest = local / "run000042" / "0003" / "purity"
+    try:
+        (folder / "purity.json").write_text('{"lifetime_ms": 9.9}')  # changed after the run
+        with pytest.raises(ChecksumMismatch, match="purity.json"):
+            replicate(settings, str(folder), recorded)
+        assert not dest.exists()
+        assert not [p for p in dest.parent.iterdir() if p.name.startswith(".")]
+
+        (folder / "purity.json").write_text('{"lifetime_ms": 3.1}')  # as the run wrote it
+        done = replicate(settings, str(folder), recorded)
+        assert done.copied and (dest / "purity.json").read_text() == '{"lifetime_ms": 3.1}'
+        assert done.files["purity.json"] == recorded["purity.json"]
+        png = (folder / "plots" / "dqdt.png").read_bytes()
+        assert done.files["plots/dqdt.png"] == _adler(png)  # not recorded: read for it
+
+        with pytest.raises(TransportError, match="lacks gone.root"):
+            replicate(settings, str(folder), {**recorded, "gone.root": "00000001"})
+    finally:
+        get_settings.cache_clear()
