@@ -11,9 +11,10 @@ from typing import Annotated
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from p3s.jobs.model import JobFileError, expand_jobs, load_jobs
+from p3s.jobs.model import JobsRefused, expand_jobs, load_jobs
 from p3s.system.settings import get_settings
 
 app = typer.Typer(
@@ -46,14 +47,17 @@ def submit(
     from p3s.jobs.client import submit_jobs, wait_for_jobs
     from p3s.jobs.states import p3s_state
 
-    try:
-        jobs = load_jobs(file)
-    except JobFileError as exc:
-        err.print(f"[red]refused:[/red] {exc}")
-        raise typer.Exit(2) from None
+    settings = get_settings()
     names = [n.strip() for n in filename.split(",") if n.strip()] if filename else []
-    jobs = expand_jobs(jobs, filenames=names, replicas=replicas, dunetpcver=dunetpcver)
-    runs = asyncio.run(submit_jobs(jobs))
+    try:
+        # Every fault of the file at once (fields, env names, payloads outside the roots);
+        # any fault refuses the whole file: nothing is submitted.
+        jobs = load_jobs(file, roots=settings.payload_roots, prefix_map=settings.path_map)
+        jobs = expand_jobs(jobs, filenames=names, replicas=replicas, dunetpcver=dunetpcver)
+        runs = asyncio.run(submit_jobs(jobs))
+    except JobsRefused as exc:
+        err.print(f"[red]refused:[/red] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(2) from None
     table = Table("name", "jobtype", "priority", "state")
     table.add_column("job id", no_wrap=True, min_width=36)
     for job, run in zip(jobs, runs, strict=True):

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from p3s.system.settings import get_settings
@@ -22,7 +23,7 @@ err = Console(stderr=True, soft_wrap=True)
 
 
 def _refuse(exc: Exception, code: int = 2) -> typer.Exit:
-    err.print(f"[red]refused:[/red] {exc}", markup=True, highlight=False)
+    err.print(f"[red]refused:[/red] {escape(str(exc))}", markup=True, highlight=False)
     return typer.Exit(code)
 
 

@@ -28,7 +28,7 @@ from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.states import Cancelled, Cancelling
 
-from p3s.jobs.model import P3SJob
+from p3s.jobs.model import P3SJob, vet_jobs
 from p3s.jobs.queues import queue_for_priority
 from p3s.jobs.states import P3S_FILTERS, p3s_state
 
@@ -76,8 +76,29 @@ async def submit_jobs(
     *,
     deployment: str = ADHOC_DEPLOYMENT,
     client: PrefectClient | None = None,
+    check_payloads: bool = False,
 ) -> list[FlowRun]:
-    """Create one flow run per job; each creation is idempotent, so a retry never duplicates."""
+    """Create one flow run per job; each creation is idempotent, so a retry never duplicates.
+
+    Every job is validated again first (a job built with ``model_construct`` or changed after
+    validation, e.g. an ``env`` key that is no variable name): if any is at fault, none is
+    submitted.
+
+    Args:
+        check_payloads: also refuse payloads that this host's payload roots do not allow
+            (``p3s job submit`` does). Off by default: the submitting process may not see the
+            roots of the workers; the ``p3s-job`` flow refuses such a payload in any case.
+
+    Raises:
+        JobsRefused: one line per fault, ``job [INDEX] field 'FIELD': why``.
+    """
+    if check_payloads:
+        from p3s.system.settings import get_settings
+
+        settings = get_settings()
+        jobs = vet_jobs(jobs, roots=settings.payload_roots, prefix_map=settings.path_map)
+    else:
+        jobs = vet_jobs(jobs)
     batch = uuid.uuid4().hex
     limit = asyncio.Semaphore(SUBMIT_CONCURRENCY)
 

@@ -17,7 +17,15 @@ from pathlib import Path
 
 
 class PayloadRefused(PermissionError):
-    """A payload that the policy does not allow to run; nothing was started."""
+    """A payload that the policy does not allow to run; nothing was started.
+
+    ``field`` names the job field at fault: ``payload``, or ``env`` for a shell asked for by
+    a job that may not have one.
+    """
+
+    def __init__(self, message: str, *, field: str = "payload") -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True)
@@ -76,7 +84,8 @@ def resolve_command(
     if shell and not trusted:
         raise PayloadRefused(
             "P3S_EXECMODE=SHELL is honoured only for jobs from registered workflow templates; "
-            "ad hoc jobs run as an argument list: remove P3S_EXECMODE from env"
+            "ad hoc jobs run as an argument list: remove P3S_EXECMODE from env",
+            field="env",
         )
     try:
         words = shlex.split(text)

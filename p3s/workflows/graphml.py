@@ -32,6 +32,7 @@ from xml.parsers import expat
 import networkx as nx
 from pydantic import BaseModel, Field
 
+from p3s.jobs.model import ENV_NAME_RE, env_name_problem
 from p3s.jobs.policy import PayloadRefused, resolve_command
 
 NS = "http://graphml.graphdrawing.org/xmlns"
@@ -69,7 +70,7 @@ NOOP = "noop"
 #: Node ids and template names: letters, digits, ``_ . -`` (``:`` joins edge ends in fileinfo).
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 #: A datatag becomes an environment variable.
-DATATAG_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+DATATAG_RE = re.compile(rf"^{ENV_NAME_RE.pattern}$")
 #: Templates larger than this are refused before parsing (bytes).
 MAX_TEMPLATE_BYTES = 20_000_000
 _LINE = "{urn:p3s}line"
@@ -360,8 +361,9 @@ class _Reader:
 
     def typed(
         self, raw: Mapping[str, str], schema: Mapping[str, tuple[type, bool]], line: int, what: str
-    ) -> dict[str, Any] | None:
-        """Convert and check the attributes; None if any fault was found."""
+    ) -> tuple[dict[str, Any], bool]:
+        """Convert and check the attributes: the good values, and False if any fault was found
+        (the good values are still checked further, so that every fault shows at once)."""
         ok = True
         values: dict[str, Any] = {}
         for attr, (pytype, required) in schema.items():
@@ -379,7 +381,7 @@ class _Reader:
                     ok = False
             else:
                 values[attr] = text.strip() if attr != "payload" else text
-        return values if ok else None
+        return values, ok
 
     # -- nodes --------------------------------------------------------------------------------
     def parse_env(self, text: str, line: int, what: str) -> dict[str, str] | None:
@@ -396,19 +398,22 @@ class _Reader:
             )
             return None
         clean: dict[str, str] = {}
+        ok = True
         for name, value in env.items():
-            if not DATATAG_RE.match(name):
-                self.fault(line, f"{what} attribute 'env'", f"{name!r} is not a variable name")
-                return None
-            if isinstance(value, bool) or not isinstance(value, str | int | float):
-                self.fault(
-                    line,
-                    f"{what} attribute 'env'",
-                    f"value of {name!r} must be a string or a number, got {value!r}",
-                )
-                return None
-            clean[name] = str(value)
-        return clean
+            label = f"{what} attribute 'env[{json.dumps(name)}]'"
+            problem = env_name_problem(name)
+            if problem:
+                self.fault(line, label, problem)
+                ok = False
+            elif isinstance(value, bool) or not isinstance(value, str | int | float):
+                self.fault(line, label, f"the value must be a string or a number, got {value!r}")
+                ok = False
+            elif "\0" in str(value):
+                self.fault(line, label, "the value holds a NUL character")
+                ok = False
+            else:
+                clean[name] = str(value)
+        return clean if ok else None
 
     def read_node(self, element: ET.Element, keys: Mapping[str, _Key]) -> NodeSpec | None:
         line = _line(element)
@@ -426,30 +431,29 @@ class _Reader:
         raw = self.data_of(element, "node", keys, what)
         if raw.get("jobtype", "").strip() == NOOP and "payload" not in raw:
             raw["payload"] = ""
-        values = self.typed(raw, NODE_SCHEMA, line, what)
-        if values is None:
-            return None
+        # Every attribute is checked, whatever faults the others have.
+        values, ok = self.typed(raw, NODE_SCHEMA, line, what)
         env = self.parse_env(values.pop("env", ""), line, what)
-        if env is None:
-            return None
-        if not values["jobtype"]:
+        ok = ok and env is not None
+        if "jobtype" in values and not values["jobtype"]:
             self.fault(line, f"{what} attribute 'jobtype'", "is empty")
-            return None
-        if values["timelimit"] < 0:
+            ok = False
+        if values.get("timelimit", 0) < 0:
             self.fault(line, f"{what} attribute 'timelimit'", "must be 0 (none) or more seconds")
-            return None
+            ok = False
         if not 0 <= values.get("priority", 0) <= 10:
             self.fault(line, f"{what} attribute 'priority'", "must be within 0..10")
-            return None
-        node = NodeSpec(id=node_id, env=env, line=line, **values)
-        if not node.noop and self.check_payloads:
+            ok = False
+        if "payload" in values and values.get("jobtype") != NOOP and self.check_payloads:
             refused = vet_payload(
-                node.id, node.payload, env, roots=self.roots, prefix_map=self.prefix_map
+                node_id, values["payload"], env or {}, roots=self.roots, prefix_map=self.prefix_map
             )
             if refused:
                 self.fault(line, f"{what} attribute 'payload'", refused)
-                return None
-        return node
+                ok = False
+        if not ok:
+            return None
+        return NodeSpec(id=node_id, env=env, line=line, **values)
 
     # -- edges --------------------------------------------------------------------------------
     def read_edge(
@@ -469,25 +473,29 @@ class _Reader:
         if element.get("directed", "true") == "false":
             self.fault(line, what, 'is undirected (directed="false"); a workflow is directed')
             ok = False
-        values = self.typed(self.data_of(element, "edge", keys, what), EDGE_SCHEMA, line, what)
-        if values is None or not ok:
-            return None
+        values, typed_ok = self.typed(
+            self.data_of(element, "edge", keys, what), EDGE_SCHEMA, line, what
+        )
+        ok = ok and typed_ok
         checks = {
-            "name": check_file_name(values["name"]),
-            "dirpath": check_dirpath(values["dirpath"]),
-            "datatag": None
-            if DATATAG_RE.match(values["datatag"])
-            else f"{values['datatag']!r} is not an environment variable name",
-            "datatype": None
-            if values["datatype"] in self.datatypes
-            else f"{values['datatype']!r} is not a registered data type "
-            f"({', '.join(sorted(self.datatypes))}; settings.workflow.datatypes)",
+            "name": check_file_name,
+            "dirpath": check_dirpath,
+            "datatag": lambda tag: (
+                None if DATATAG_RE.match(tag) else f"{tag!r} is not an environment variable name"
+            ),
+            "datatype": lambda kind: (
+                None
+                if kind in self.datatypes
+                else f"{kind!r} is not a registered data type "
+                f"({', '.join(sorted(self.datatypes))}; settings.workflow.datatypes)"
+            ),
         }
-        for attr, problem in checks.items():
+        for attr, check in checks.items():
+            problem = check(values[attr]) if attr in values else None
             if problem:
                 self.fault(line, f"{what} attribute '{attr}'", problem)
                 ok = False
-        if not ok:
+        if not ok or source is None or target is None:
             return None
         return EdgeSpec(source=source, target=target, line=line, **values)
 
@@ -506,20 +514,30 @@ class _Reader:
                         f"({earlier.label()}, line {earlier.line}); give one of them another tag",
                     )
 
-    def check_cycles(self, template: Template) -> None:
-        graph = template.graph()
-        lines = {(e.source, e.target): e.line for e in template.edges}
-        try:
-            cycle = nx.find_cycle(graph)
-        except nx.NetworkXNoCycle:
-            return
-        path = " -> ".join([str(u) for u, _ in cycle] + [str(cycle[0][0])])
-        first = cycle[0]
-        self.fault(
-            lines.get((first[0], first[1])),
-            f"edge '{first[0]} -> {first[1]}'",
-            f"closes the cycle {path}; a workflow must be acyclic",
-        )
+    def check_cycles(self, lines: Mapping[tuple[str, str], int]) -> None:
+        """Report one cycle of every strongly connected part of the declared graph.
+
+        ``lines`` holds every edge between declared nodes, whatever faults its attributes or
+        its nodes have, so that a cycle shows beside the other faults of the template.
+        """
+        graph = nx.DiGraph(list(lines))
+        # A part of one node is a cycle only with an edge to itself.
+        parts = [
+            graph.subgraph(part)
+            for part in nx.strongly_connected_components(graph)
+            if len(part) > 1 or nx.number_of_selfloops(graph.subgraph(part))
+        ]
+        # Each cycle starts at the first edge of its part in the file, in the file's order.
+        firsts = [min(part.edges, key=lines.__getitem__) for part in parts]
+        for part, start in sorted(zip(parts, firsts, strict=True), key=lambda p: lines[p[1]]):
+            cycle = nx.find_cycle(part, source=start[0])
+            path = " -> ".join([str(u) for u, _ in cycle] + [str(cycle[0][0])])
+            first = cycle[0]
+            self.fault(
+                lines[(first[0], first[1])],
+                f"edge '{first[0]} -> {first[1]}'",
+                f"closes the cycle {path}; a workflow must be acyclic",
+            )
 
     def read(self, text: str | bytes, name: str) -> Template:
         root = _parse_xml(text, self.source)
@@ -532,9 +550,10 @@ class _Reader:
             )
         graph = graphs[0]
         if graph.get("edgedefault", "directed") != "directed":
-            raise TemplateError(
-                f"{self.source}: line {_line(graph)}: <graph edgedefault="
-                f'{graph.get("edgedefault")!r}>: a workflow is directed (edgedefault="directed")'
+            self.fault(
+                _line(graph),
+                f"<graph edgedefault={graph.get('edgedefault')!r}>",
+                'a workflow is directed (edgedefault="directed")',
             )
         keys = self.read_keys(root)
         nodes: dict[str, NodeSpec] = {}
@@ -552,7 +571,7 @@ class _Reader:
         for element in _children(graph, "hyperedge"):
             self.fault(_line(element), "<hyperedge>", "hyperedges are not supported")
         edges: list[EdgeSpec] = []
-        seen: dict[tuple[str, str], int | None] = {}
+        seen: dict[tuple[str, str], int] = {}
         for element in _children(graph, "edge"):
             pair = (element.get("source") or "", element.get("target") or "")
             if pair in seen:
@@ -570,12 +589,11 @@ class _Reader:
                 edges.append(edge)
         if not declared:
             self.fault(_line(graph), "<graph>", "has no node")
-        template = Template(name=name, nodes=list(nodes.values()), edges=edges, source=self.source)
         self.check_datatags(edges)
-        self.check_cycles(template)
+        self.check_cycles({pair: line for pair, line in seen.items() if set(pair) <= declared})
         if self.problems:
             raise TemplateError("\n".join(self.problems))
-        return template
+        return Template(name=name, nodes=list(nodes.values()), edges=edges, source=self.source)
 
 
 def _defaults(

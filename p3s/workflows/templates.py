@@ -30,7 +30,7 @@ from typing import Any
 import networkx as nx
 from pydantic import BaseModel, Field
 
-from p3s.jobs.model import P3SJob
+from p3s.jobs.model import P3SJob, check_job, field_label
 from p3s.workflows.graphml import (
     EdgeSpec,
     Template,
@@ -46,6 +46,8 @@ from p3s.workflows.graphml import (
 #: The Prefect deployment that runs registered templates.
 WORKFLOW_DEPLOYMENT = "p3s-workflow/template"
 JOBINFO_FIELDS = {"payload", "env", "timelimit", "priority"}
+#: jobinfo's names of job fields that it calls otherwise.
+JOBINFO_NAMES = {("timeout",): "timelimit"}
 
 
 class WorkflowError(ValueError):
@@ -230,17 +232,24 @@ def instantiate(
         trusted = payload == spec.payload and env.get("P3S_EXECMODE") == spec.env.get(
             "P3S_EXECMODE"
         )
-        try:
-            job = P3SJob(
-                name=node_id,
-                timeout=override.get("timelimit", spec.timelimit),
-                jobtype=spec.jobtype,
-                payload=payload,
-                priority=override.get("priority", spec.priority),
-                env=env,
+        job, faults = check_job(
+            {
+                "name": node_id,
+                "timeout": override.get("timelimit", spec.timelimit),
+                "jobtype": spec.jobtype,
+                "payload": payload,
+                "priority": override.get("priority", spec.priority),
+                "env": env,
+            }
+        )
+        if job is None:  # the template was valid: the fault is in jobinfo
+            raise WorkflowError(
+                "\n".join(
+                    f"jobinfo {node_id!r} field '{JOBINFO_NAMES.get(loc[:1], field_label(loc))}'"
+                    f": {message}"
+                    for loc, message in faults
+                )
             )
-        except ValueError as exc:
-            raise WorkflowError(f"jobinfo {node_id!r}: {exc}") from None
         nodes.append(
             NodeJob(
                 node=node_id,

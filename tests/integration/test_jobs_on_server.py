@@ -107,6 +107,8 @@ def test_time_limit_kills_a_runaway_payload(stack: Stack, tmp_path: Path) -> Non
 
 
 def test_payload_outside_the_roots_is_refused_before_it_runs(stack: Stack, tmp_path: Path) -> None:
+    # submit_jobs does not vet payloads by default (p3s job submit does): these runs reach the
+    # flow, which must refuse them itself, as it does for runs created by any other means.
     marker = tmp_path / "ran"
     outside = tmp_path / "outside.sh"
     outside.write_text(f"#!/bin/sh\ntouch {marker}\n")
@@ -216,6 +218,49 @@ def test_cli_refuses_a_malformed_job_file_and_creates_nothing(stack: Stack, tmp_
     assert result.returncode == 2
     assert "line 3" in result.stderr and "job [1]" in result.stderr and "timeout" in result.stderr
     assert len(asyncio.run(list_jobs(limit=1000))) == before
+
+
+def test_cli_refuses_bad_env_names_and_payloads_outside_the_roots_and_creates_nothing(
+    stack: Stack, tmp_path: Path
+) -> None:
+    from p3s.jobs.client import list_jobs
+
+    before = len(asyncio.run(list_jobs(limit=1000)))
+    marker = tmp_path / "ran"
+    outside = tmp_path / "outside.sh"
+    outside.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    outside.chmod(0o755)
+    jobs = tmp_path / "jobs.json"
+    jobs.write_text(
+        "[\n"
+        f'  {{"name": "ok", "timeout": 5, "jobtype": "t", "payload": "{SCRIPTS}/show_env.sh"}},\n'
+        '  {"name": "ok-too", "timeout": 5, "jobtype": "t", "payload": "/bin/true",\n'
+        '   "env": {"X": "a; touch /tmp/never $(reboot)"}},\n'
+        '  {"name": "bad-env", "timeout": 5, "jobtype": "t", "payload": "/bin/true",\n'
+        '   "env": {"BAD NAME;rm -rf /": "x"}},\n'
+        f'  {{"name": "outside", "timeout": 5, "jobtype": "t", "payload": "{outside}"}}\n'
+        "]\n"
+    )
+    result = subprocess.run(
+        [str(BIN / "p3s"), "job", "submit", str(jobs)],
+        env={**os.environ, **stack.env},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    refusal = result.stderr[result.stderr.index("refused: ") :].splitlines()
+    assert len(refusal) == 2, result.stderr  # every fault of the file, and only those
+    assert refusal[0] == (
+        f"refused: {jobs}: line 6: job [2] field 'env[\"BAD NAME;rm -rf /\"]': not a valid "
+        "environment variable name (letters, digits and '_', not starting with a digit)"
+    )
+    assert refusal[1].startswith(
+        f"{jobs}: line 7: job [3] field 'payload': payload '{outside.resolve()}' is outside the "
+        "payload roots ("
+    )
+    assert "job [0]" not in result.stderr and "job [1]" not in result.stderr
+    assert len(asyncio.run(list_jobs(limit=1000))) == before  # no job of the file submitted
+    assert not marker.exists()
 
 
 def test_cancel_stops_a_running_payload(stack: Stack, tmp_path: Path) -> None:

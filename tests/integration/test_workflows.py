@@ -36,6 +36,8 @@ DQM_CHAIN = ROOT / "payloads" / "workflows" / "dqm_chain.graphml"
 BIN = Path(sys.executable).parent
 #: Where the reference templates read and write (their edges' dirpath, kept as they are).
 P3SDATA = Path("/tmp/p3sdata")
+#: A payload outside the stack's payload roots.
+OUTSIDE = "/usr/sbin/nologin"
 INPUT_TEXT = "TEST1 a\nTEST2 b\nTEST2 c\nTEST3 d\nTEST3 e\nTEST3 f\nnothing\n"
 
 
@@ -103,6 +105,8 @@ def submitted(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     (P3SDATA / "input.txt").write_text(INPUT_TEXT)
     failure_dir = tmp_path_factory.mktemp("failure")
     (failure_dir / "input.txt").write_text(INPUT_TEXT)
+    refused_dir = tmp_path_factory.mktemp("refused")
+    (refused_dir / "input.txt").write_text(INPUT_TEXT)
     edges = ["NOOP1:filter1", "NOOP1:filter2", "NOOP1:filter3"]
     edges += ["filter1:NOOP2", "filter2:NOOP2", "filter3:NOOP2"]
     raw_dir = tmp_path_factory.mktemp("raw")
@@ -120,6 +124,15 @@ def submitted(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterato
                 {"filter2": {"payload": f"{SCRIPTS}/exit_with.sh 3", "env": {"P3S_EXECMODE": ""}}}
             ),
             name="3filters-broken-filter2",
+        ),
+        # Created without `p3s workflow submit`, which would refuse it: the flow refuses the node.
+        "refused": prefect_deployment_run(
+            stack,
+            "template=3filters",
+            "fileinfo=" + json.dumps({key: {"dirpath": f"{refused_dir}/"} for key in edges}),
+            "jobinfo="
+            + json.dumps({"filter3": {"payload": OUTSIDE, "env": {"P3S_EXECMODE": "ARGS"}}}),
+            "name=3filters-refused-filter3",
         ),
         "dqm": submit(
             stack,
@@ -233,6 +246,32 @@ def test_cli_shows_lists_and_exports_workflows(submitted: Submitted, stack: Stac
         REFERENCE / "3filters.graphml", roots=[Path("/usr/bin")], prefix_map={}
     )
     assert list(again.graph().edges(data=True)) == list(original.graph().edges(data=True))
+
+
+def test_a_node_outside_the_roots_is_refused_at_submit_and_by_the_flow(
+    stack: Stack, submitted: Submitted
+):
+    jobinfo = {"filter3": {"payload": OUTSIDE, "env": {"P3S_EXECMODE": "ARGS"}}}
+    refused = p3s(stack, "workflow", "submit", "3filters", "--jobinfo", json.dumps(jobinfo))
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert (
+        f"refused: node 'filter3' attribute 'payload': payload '{OUTSIDE}' is outside the "
+        "payload roots (" in refused.stderr
+    )
+    bad_env = {"filter1": {"env": {"BAD NAME;rm -rf /": "x"}}}
+    refused = p3s(stack, "workflow", "submit", "3filters", "--jobinfo", json.dumps(bad_env))
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert (
+        "refused: jobinfo 'filter1' field 'env[\"BAD NAME;rm -rf /\"]': not a valid environment "
+        "variable name" in refused.stderr
+    )
+    # The run created by other means: its node is refused by the flow, nothing of it ran.
+    run = submitted.runs["refused"]
+    assert run.state.is_failed(), f"{run.state.name}: {run.state.message}"
+    states = node_states(run.id)
+    assert states["filter3"][0] == "Refused"
+    assert f"payload '{OUTSIDE}' is outside the payload roots" in states["filter3"][1]
+    assert states["NOOP2"][0] == "Skipped"
 
 
 def test_malformed_template_and_bad_options_are_refused(stack: Stack, submitted: Submitted):

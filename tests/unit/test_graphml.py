@@ -197,3 +197,145 @@ def test_packaged_dqm_chain_is_valid():
     assert set(graph.successors("dataprep")) == {"evdisplay", "tpc_monitor", "summary"}
     assert set(graph.predecessors("summary")) == {"dataprep", "evdisplay", "tpc_monitor"}
     assert list(graph.successors("summary")) == ["done"]
+
+
+# -- every fault at once, the cycle among them (issue 21) -------------------------------------
+
+KEYS = "\n".join(
+    f'<key attr.name="{name}" attr.type="{kind}" for="{domain}" id="{key}" />'
+    for name, kind, domain, key in [
+        ("payload", "string", "node", "d101"),
+        ("env", "string", "node", "d102"),
+        ("jobtype", "string", "node", "d103"),
+        ("timelimit", "int", "node", "d104"),
+        ("priority", "int", "node", "d105"),
+        ("name", "string", "edge", "d1"),
+        ("dirpath", "string", "edge", "d2"),
+        ("datatype", "string", "edge", "d3"),
+        ("datatag", "string", "edge", "d4"),
+    ]
+)
+
+
+def node(node_id: str, payload: str = "/bin/true", jobtype: str = "test", env: str = "{}") -> str:
+    jobtype_data = f'<data key="d103">{jobtype}</data>' if jobtype else ""
+    return (
+        f'<node id="{node_id}"><data key="d101">{payload}</data><data key="d102">{env}</data>'
+        f'{jobtype_data}<data key="d104">60</data></node>'
+    )
+
+
+def edge(source: str, target: str, tag: str, datatype: str = "TXT") -> str:
+    return (
+        f'<edge source="{source}" target="{target}"><data key="d1">{tag}.txt</data>'
+        f'<data key="d2">/tmp/p3sdata/</data><data key="d3">{datatype}</data>'
+        f'<data key="d4">{tag}</data></edge>'
+    )
+
+
+def graphml(*lines: str) -> str:
+    """A template whose line 3 + i is ``lines[i]``."""
+    body = "\n".join(lines)
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n<graphml xmlns="http://graphml.graphdrawing.org'
+        f'/xmlns">\n<graph edgedefault="directed">\n{body}\n</graph>\n{KEYS}\n</graphml>\n'
+    )
+
+
+def refusal(text: str) -> list[str]:
+    with pytest.raises(TemplateError) as caught:
+        parse_template(
+            text, name="t", source="t.graphml", roots=ROOTS, prefix_map={}, datatypes=DATATYPES
+        )
+    return str(caught.value).splitlines()
+
+
+def test_a_cycle_is_reported_with_every_other_fault_of_the_template():
+    text = graphml(
+        node("a", jobtype=""),  # line 4: no jobtype
+        node("b", payload="/usr/sbin/nologin", env='{"BAD NAME;rm -rf /": "x"}'),  # line 5
+        node("c"),  # line 6
+        edge("a", "b", "AB", datatype="MP3"),  # line 7: unregistered data type
+        edge("b", "c", "BC"),  # line 8
+        edge("c", "b", "CB"),  # line 9: closes b -> c -> b, through the refused node b
+    )
+    assert refusal(text) == [
+        "t.graphml: line 4: node 'a' attribute 'jobtype': missing (required)",
+        "t.graphml: line 5: node 'b' attribute 'env[\"BAD NAME;rm -rf /\"]': not a valid "
+        "environment variable name (letters, digits and '_', not starting with a digit)",
+        "t.graphml: line 5: node 'b' attribute 'payload': payload '/usr/sbin/nologin' is "
+        "outside the payload roots (/usr/bin); install it under a root or add its folder to "
+        "P3S_PAYLOAD_ROOTS",
+        "t.graphml: line 7: edge 'a -> b' attribute 'datatype': 'MP3' is not a registered data "
+        "type (HDF5, JSON, TXT; settings.workflow.datatypes)",
+        "t.graphml: line 8: edge 'b -> c': closes the cycle b -> c -> b; a workflow must be "
+        "acyclic",
+    ]
+
+
+def test_every_separate_cycle_is_reported():
+    text = graphml(
+        *(node(n) for n in "abcde"),  # lines 4..8
+        edge("a", "b", "AB"),  # line 9
+        edge("b", "a", "BA"),  # line 10
+        edge("c", "d", "CD"),  # line 11
+        edge("e", "e", "EE"),  # line 12: a self-loop
+        edge("d", "c", "DC"),  # line 13
+    )
+    lines = refusal(text)
+    assert lines == [
+        "t.graphml: line 9: edge 'a -> b': closes the cycle a -> b -> a; a workflow must be "
+        "acyclic",
+        "t.graphml: line 11: edge 'c -> d': closes the cycle c -> d -> c; a workflow must be "
+        "acyclic",
+        "t.graphml: line 12: edge 'e -> e': closes the cycle e -> e; a workflow must be acyclic",
+    ]
+
+
+def test_a_cycle_through_an_edge_with_bad_attributes_is_still_found():
+    text = graphml(
+        node("a"),  # line 4
+        node("b"),  # line 5
+        edge("a", "b", "OUT-TXT"),  # line 6: datatag is no variable name
+        edge("b", "a", "BA"),  # line 7
+    )
+    lines = refusal(text)
+    assert len(lines) == 2
+    assert lines[0].startswith("t.graphml: line 6: edge 'a -> b' attribute 'datatag'")
+    assert lines[1] == (
+        "t.graphml: line 6: edge 'a -> b': closes the cycle a -> b -> a; a workflow must be acyclic"
+    )
+
+
+def test_every_fault_of_one_node_is_reported():
+    text = graphml(
+        '<node id="a"><data key="d101">/usr/sbin/nologin</data><data key="d102">'
+        '{"1X": "y", "OK": "z"}</data><data key="d103">test</data><data key="d104">-1</data>'
+        '<data key="d105">11</data></node>'
+    )
+    assert [line.split(": ", 2)[1:] for line in refusal(text)] == [
+        [
+            "line 4",
+            "node 'a' attribute 'env[\"1X\"]': not a valid environment variable name "
+            "(letters, digits and '_', not starting with a digit)",
+        ],
+        ["line 4", "node 'a' attribute 'timelimit': must be 0 (none) or more seconds"],
+        ["line 4", "node 'a' attribute 'priority': must be within 0..10"],
+        [
+            "line 4",
+            "node 'a' attribute 'payload': payload '/usr/sbin/nologin' is outside the "
+            "payload roots (/usr/bin); install it under a root or add its folder to "
+            "P3S_PAYLOAD_ROOTS",
+        ],
+    ]
+
+
+def test_an_undirected_graph_is_reported_with_the_other_faults():
+    text = graphml(node("a", jobtype="")).replace(
+        '<graph edgedefault="directed">', '<graph edgedefault="undirected">'
+    )
+    assert refusal(text) == [
+        "t.graphml: line 3: <graph edgedefault='undirected'>: a workflow is directed "
+        '(edgedefault="directed")',
+        "t.graphml: line 4: node 'a' attribute 'jobtype': missing (required)",
+    ]

@@ -90,3 +90,40 @@ def test_roots_setting_accepts_pathsep_and_json(monkeypatch: pytest.MonkeyPatch)
     assert Settings().payload_roots == [Path("/usr/bin"), Path("/opt")]
     monkeypatch.setenv("P3S_PAYLOAD_ROOTS", '["/usr/bin"]')
     assert Settings().payload_roots == [Path("/usr/bin")]
+
+
+@pytest.mark.parametrize("shell", [False, True], ids=["argument-list", "trusted-shell"])
+def test_env_values_reach_the_payload_as_data_never_as_code(
+    root: Path, tmp_path: Path, shell: bool
+) -> None:
+    """A job's env values are free text: they go into the payload's environment, and even a
+    trusted template's shell only expands them, it never runs what they hold."""
+    import logging
+
+    from p3s.flows.job import job_environment
+
+    from p3s.jobs.model import P3SJob
+    from p3s.jobs.process import execute_payload
+
+    marker = tmp_path / "pwned"
+    script = root / "print_x.sh"
+    script.write_text('#!/bin/sh\nprintf "%s|%s" "$X" "$*"\n')
+    script.chmod(0o755)
+    value = f"; touch {marker} $(touch {marker}) `touch {marker}` && touch {marker}"
+    env = {"X": value, **({"P3S_EXECMODE": "SHELL"} if shell else {})}
+    job = P3SJob(name="v", timeout=30, jobtype="t", payload=f"{script} $X", env=env)
+    command = resolve_command(job.payload, job.env, roots=[root], trusted=shell)
+    assert command.shell is shell
+    outcome = execute_payload(
+        command,
+        job_environment(job, "uuid", {}),
+        timeout_s=30,
+        log_dir=tmp_path / "logs",
+        logger=logging.getLogger("test"),
+    )
+    assert outcome.exit_code == 0
+    shown, args = Path(outcome.stdout_path).read_text().split("|", 1)
+    assert shown == value
+    # As an argument list "$X" is the literal word; the shell splits the value into words.
+    assert args == ("$X" if not shell else " ".join(value.split()))
+    assert not marker.exists()

@@ -111,3 +111,26 @@ def test_a_run_is_drawn_coloured_by_state(filters, tmp_path):
     ]
     out = draw_workflow(workflow.graph(), views, tmp_path / "run.png", title="3filters")
     assert out.read_bytes().startswith(b"\x89PNG")
+
+
+def test_jobinfo_env_keys_must_be_variable_names(filters):
+    jobinfo = {"filter1": {"env": {"BAD NAME;rm -rf /": "x", "OK": "$(reboot)"}}}
+    with pytest.raises(WorkflowError) as caught:
+        make(filters, jobinfo=jobinfo)
+    assert str(caught.value) == (
+        "jobinfo 'filter1' field 'env[\"BAD NAME;rm -rf /\"]': not a valid environment variable "
+        "name (letters, digits and '_', not starting with a digit)"
+    )
+    with pytest.raises(WorkflowError, match=r"^jobinfo 'filter1' field 'timelimit': Input sh"):
+        make(filters, jobinfo={"filter1": {"timelimit": "soon"}})
+
+
+def test_a_jobinfo_payload_outside_the_roots_is_refused_naming_node_and_field(filters):
+    workflow = make(
+        filters,
+        jobinfo={"filter3": {"payload": "/usr/sbin/nologin", "env": {"P3S_EXECMODE": "ARGS"}}},
+    )
+    assert vet_workflow(workflow, roots=[Path("/usr/bin")], prefix_map={}) == [
+        "node 'filter3' attribute 'payload': payload '/usr/sbin/nologin' is outside the payload "
+        "roots (/usr/bin); install it under a root or add its folder to P3S_PAYLOAD_ROOTS"
+    ]
