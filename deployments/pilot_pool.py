@@ -41,7 +41,7 @@ async def ensure_pilot_deployment(
     name = name or pool
     from prefect.utilities.callables import parameter_schema
 
-    from p3s.pilots.execute import load_entrypoint
+    from p3s.pilots.run_process import load_entrypoint
 
     flow = load_entrypoint(entrypoint)
     flow_id = await client.create_flow_from_name(flow.name)

@@ -64,8 +64,7 @@ def script(
     block: str = typer.Option(None, help="A saved PilotPool block; default: the settings."),
 ) -> None:
     """Print the batch submit description (Slurm script, HTCondor submit file) of one pilot."""
-    from p3s.pilots.cluster import job_script
-    from p3s.pilots.worker import load_pilot_pool
+    from p3s.pilots.cluster import job_script, load_pilot_pool
 
     settings = get_settings()
     if block:

@@ -1,5 +1,6 @@
 """The Dask cluster behind a pilot pool: a LocalCluster, or dask-jobqueue's SLURMCluster or
-HTCondorCluster, configured so that a flow run is never executed twice by Dask itself."""
+HTCondorCluster, configured so that a flow run is never executed twice by Dask itself; and the
+pool itself, a saved ``PilotPool`` block or one built from the ``P3S_PILOTS__*`` settings."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import dask
 
 from p3s.blocks.pilot_pool import PASSED_ENV, PilotPool
+from p3s.system.settings import Settings
 
 #: Dask settings of the process that holds the cluster (its scheduler and local nannies).
 DASK_CONFIG: dict[str, Any] = {
@@ -25,6 +27,18 @@ DASK_CONFIG: dict[str, Any] = {
     # Runs go to the pilot they were given; no stealing between pilots.
     "distributed.scheduler.work-stealing": False,
 }
+
+
+async def load_pilot_pool(settings: Settings) -> PilotPool:
+    """The saved PilotPool block named in the settings (``P3S_PILOTS__BLOCK``), else one built
+    from the settings, whose pool fields are the block's own (its log directory, unless set,
+    is ``RUN_DIR/pilots``)."""
+    p = settings.pilots
+    if p.block:
+        return await PilotPool.aload(p.block)
+    fields = p.pool_fields()
+    fields["log_directory"] = p.log_directory or str(settings.run_dir / "pilots")
+    return PilotPool(**fields)
 
 
 def pilot_environment() -> dict[str, str]:

@@ -25,36 +25,35 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import functools
-import importlib
 import multiprocessing
 import os
 import signal
-import ssl
 import sys
 import threading
 import time
-import types
-from collections.abc import Iterator
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import BaseContext
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 import psutil
 
+from p3s.pilots import shared
+from p3s.pilots.run_process import (
+    ENGINE_ERROR,
+    NOT_CLAIMED,
+    PR_SET_PDEATHSIG,
+    claimed_for,
+    die_with_parent,
+    flush_logs_and_events,
+    kill_own_payloads,
+    load_entrypoint,
+    prime_related_objects,
+    share_tls_contexts,
+    skip_engine_waits,
+)
 from p3s.system.pidwait import wait_for_exit
-from p3s.system.settings import PROJECT_DIR
 
-#: Exit code of a child that found its run no longer Pending (someone else has it).
-NOT_CLAIMED = 3
-#: Exit code of a child whose flow could not be loaded or whose engine raised.
-ENGINE_ERROR = 1
-#: Top-level folders of the repository that are importable as ``p3s.<folder>``.
-PACKAGE_FOLDERS = ("flows", "tasks")
-
-_PR_SET_PDEATHSIG = 1
 _context: BaseContext | None = None
 _context_lock = threading.Lock()
 #: Children running on this pilot, by flow run id: the cancellation hook finds them here.
@@ -91,57 +90,6 @@ def warm_up() -> None:
     forkserver.ensure_running()
 
 
-def _die_with_parent() -> None:
-    """Die (SIGKILL) when the fork server exits, which it does when its Dask worker dies."""
-    from multiprocessing import forkserver
-
-    # multiprocessing hands every child the write end of the fork server's "alive" pipe; while
-    # any child holds it the fork server never sees its worker die. Close it here.
-    server = forkserver._forkserver  # type: ignore[attr-defined]
-    fd = getattr(server, "_forkserver_alive_fd", None)
-    if fd is not None:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-        server._forkserver_alive_fd = None
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def load_entrypoint(entrypoint: str) -> Any:
-    """The flow at ``path.py:name``, from the installed ``p3s`` package when it is one of its
-    modules (already imported by the fork server: no cost), else loaded from the file."""
-    path, _, name = entrypoint.rpartition(":")
-    rel = Path(path)
-    if not rel.is_absolute() and rel.suffix == ".py" and rel.parts[0] in PACKAGE_FOLDERS:
-        module = "p3s." + ".".join(rel.with_suffix("").parts)
-        with contextlib.suppress(ImportError, AttributeError):
-            return getattr(importlib.import_module(module), name)
-    from prefect.flows import load_flow_from_entrypoint
-
-    full = rel if rel.is_absolute() else PROJECT_DIR / rel
-    return load_flow_from_entrypoint(f"{full}:{name}", use_placeholder_flow=False)
-
-
-def _flush() -> None:
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-
-    with contextlib.suppress(Exception):
-        APILogWorker.drain_all(timeout=10)
-    with contextlib.suppress(Exception):
-        EventsWorker.drain_all(timeout=10)
-
-
-def _kill_own_payloads() -> None:
-    """SIGKILL every process group below this process (payloads run in their own)."""
-    with contextlib.suppress(psutil.Error):
-        for proc in psutil.Process().children(recursive=True):
-            with contextlib.suppress(OSError):
-                os.killpg(os.getpgid(proc.pid), signal.SIGKILL)
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
-
-
 def _watch_pilot(pilot_pid: int) -> None:
     """Thread of a flow-run child: when its pilot (Dask worker) dies, end the payload and the
     child at once. (The fork server also exits then, but only after seconds of shutdown.)
@@ -160,7 +108,7 @@ def _end_as_lost(*_signal: object) -> None:
     events."""
     if _final.is_set():
         return
-    _kill_own_payloads()
+    kill_own_payloads()
     os._exit(ENGINE_ERROR)
 
 
@@ -169,115 +117,7 @@ def _outlive_pilot() -> None:
     and events short (the flush may take seconds): no longer die with the fork server."""
     _final.set()
     with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, 0)
-
-
-@contextlib.contextmanager
-def _suspension_observed_in_background(
-    flow_run_id: UUID, suspension_request: Any, polling_interval: float = 10
-) -> Iterator[None]:
-    """Prefect's suspension observer of a deployment's flow run, without its waits.
-
-    Prefect's engine blocks the start of every deployment run until the observer's events
-    websocket is connected (0.3 s on an idle host, over 1 s on a busy one: the largest part of
-    a warm pilot's dispatch), and its thread then wakes every 0.2 s to see whether the run
-    ended. p3s flows never suspend themselves; the observer (Prefect's own class, as
-    ``prefect._flow_run_suspension.observe_flow_run_suspension`` runs it) still watches the
-    run from its own thread, but nothing waits for it to be ready, and its loop sleeps until
-    the run ends.
-    """
-    import asyncio
-    import contextvars
-
-    from prefect._flow_run_suspension import mark_flow_run_suspension_requested
-    from prefect._internal.observers import FlowRunSuspendingObserver
-
-    def mark_suspended(run_id: UUID, state: Any) -> None:
-        if not mark_flow_run_suspension_requested(run_id, state):
-            suspension_request.mark_requested(state)
-
-    stopped = threading.Event()
-    running: dict[str, Any] = {}
-
-    async def observe() -> None:
-        wake = asyncio.Event()
-        running["stop"] = (asyncio.get_running_loop(), wake)
-        if stopped.is_set():
-            return
-        async with FlowRunSuspendingObserver(
-            on_suspended=mark_suspended, polling_interval=polling_interval
-        ) as observer:
-            await observer.watch_flow_run_id(flow_run_id)
-            await wake.wait()
-
-    def run() -> None:
-        with contextlib.suppress(Exception):
-            asyncio.run(observe())
-
-    thread = threading.Thread(target=contextvars.copy_context().run, args=(run,), daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stopped.set()
-        if "stop" in running:
-            loop, wake = running["stop"]
-            with contextlib.suppress(RuntimeError):  # its loop has ended already
-                loop.call_soon_threadsafe(wake.set)
-
-
-def _heartbeats_not_joined(engine: Any, join_on_exit: bool = True) -> Any:
-    """Prefect's flow-run heartbeats, without joining their thread when the run ends.
-
-    Prefect's heartbeat thread sleeps in whole seconds (``time.sleep(1)``) between checks of
-    its stop flag, and the sync engine joins it after the final state: every run's end
-    waited 0 to 1 s (0.98 s in a profile of 10 empty runs here), a pilot slot held for
-    nothing. The thread (a daemon) still stops at its next check and sends no heartbeat
-    after the final state.
-    """
-    from prefect import flow_engine
-
-    return flow_engine._p3s_send_heartbeats(engine, join_on_exit=False)  # type: ignore[attr-defined]
-
-
-def skip_engine_waits() -> None:
-    """Patch the two waits of Prefect's sync flow engine that a pilot's child does not need
-    (see :func:`_suspension_observed_in_background` and :func:`_heartbeats_not_joined`), and
-    leave SIGTERM to the child's own handler (:func:`_end_as_lost`)."""
-    from prefect import flow_engine
-
-    flow_engine.capture_sigterm = contextlib.nullcontext  # type: ignore[assignment]
-    flow_engine.observe_flow_run_suspension = _suspension_observed_in_background  # type: ignore[assignment]
-    if not hasattr(flow_engine, "_p3s_send_heartbeats"):
-        flow_engine._p3s_send_heartbeats = flow_engine._send_heartbeats  # type: ignore[attr-defined]
-        flow_engine._send_heartbeats = _heartbeats_not_joined  # type: ignore[assignment]
-
-
-class _SslWithSharedContexts(types.ModuleType):
-    """The ``ssl`` module as Prefect's client module sees it, with ``create_default_context``
-    memoised (see :func:`share_tls_contexts`)."""
-
-    def __init__(self) -> None:
-        super().__init__("ssl")
-        self.create_default_context = functools.lru_cache(maxsize=8)(ssl.create_default_context)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(ssl, name)
-
-
-def share_tls_contexts() -> None:
-    """Let every Prefect client of this process share one TLS context per CA file.
-
-    Each ``PrefectClient``/``SyncPrefectClient`` builds a fresh ``ssl`` context and loads
-    certifi's CA bundle into it, even for plain-HTTP servers: 29 ms of CPU each, and Prefect's
-    engine makes three clients per flow run (profiled here: 86 ms of the 328 ms of client CPU
-    per run). A context is safe to share between clients; Prefect only ever sets the same
-    options on it.
-    """
-    from prefect.client import orchestration
-
-    if not isinstance(orchestration.ssl, _SslWithSharedContexts):
-        orchestration.ssl = _SslWithSharedContexts()  # type: ignore[assignment]
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, 0)
 
 
 def _csrf_required(client: Any) -> bool:
@@ -346,28 +186,6 @@ def settle_result_storage() -> None:
     results._aread_server_default_result_storage_block_id = read_async  # type: ignore[assignment]
 
 
-#: Kinds of the objects Prefect's events relate a flow run to, as its resource cache keys them.
-RELATED_KINDS = ("flow", "deployment", "work-queue", "work-pool")
-
-
-def prime_related_objects(related: dict[str, Any] | None) -> None:
-    """Put the flow, deployment, work queue and work pool of the run (read by the pilot worker,
-    cached there) into Prefect's cache of related objects for events: each child otherwise
-    reads all four again for its first event (4 of a trivial job's 16 requests)."""
-    if not related:
-        return
-    from prefect.events.related import RESOURCE_CACHE
-    from prefect.types._datetime import now
-
-    for key, obj in related.items():
-        RESOURCE_CACHE[key] = ({"kind": key.split(".", 1)[0], "object": obj}, now("UTC"))
-
-
-def claimed_for(state: Any, claim: str) -> bool:
-    """Whether a flow run's state is the pilot worker's claim for the execution ``claim``."""
-    return state is not None and state.is_pending() and (state.message or "").endswith(claim)
-
-
 def child_main(
     run_id: str,
     entrypoint: str,
@@ -378,7 +196,7 @@ def child_main(
     related: dict[str, Any] | None = None,
 ) -> None:
     """Body of the child process of one flow run (see the module docstring)."""
-    _die_with_parent()
+    die_with_parent()
     if os.getppid() == 1:  # the fork server died before PR_SET_PDEATHSIG took effect
         os._exit(ENGINE_ERROR)
     threading.Thread(target=_watch_pilot, args=(pilot_pid,), daemon=True).start()
@@ -411,7 +229,7 @@ def child_main(
             with contextlib.suppress(OSError):
                 done.send(code)
                 done.close()
-        _flush()
+        flush_logs_and_events()
     sys.exit(code)
 
 
@@ -448,8 +266,6 @@ def stop_tree(pid: int, grace_s: float) -> None:
 def cancel_local(run_id: str, grace_s: float = 5.0) -> bool:
     """Stop the child running ``run_id`` on this pilot, if any (called through
     ``Client.run`` on every pilot); returns whether this pilot had it."""
-    from p3s.pilots import shared
-
     if run_id in _shared_runs:
         _cancelled.add(run_id)
         if shared.cancel_local(run_id, grace_s):
@@ -478,8 +294,6 @@ def run_on_pilot(
         signal), ``cancelled`` (stopped by :func:`cancel_local`), ``seconds`` (wall time).
     """
     from distributed import get_worker
-
-    from p3s.pilots import shared
 
     pilot = str(get_worker().name)
     ctx = fork_context()

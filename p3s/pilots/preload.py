@@ -40,7 +40,7 @@ with contextlib.suppress(Exception):
     import certifi
     from prefect.client import orchestration
 
-    from p3s.pilots.execute import share_tls_contexts
+    from p3s.pilots.run_process import share_tls_contexts
 
     share_tls_contexts()
     orchestration.ssl.create_default_context(cafile=certifi.where())  # as Prefect calls it

@@ -38,6 +38,19 @@ from multiprocessing.context import BaseContext
 from typing import Any
 from uuid import UUID
 
+from p3s.pilots.run_process import (
+    ENGINE_ERROR,
+    NOT_CLAIMED,
+    PR_SET_PDEATHSIG,
+    claimed_for,
+    die_with_parent,
+    flush_logs_and_events,
+    kill_own_payloads,
+    load_entrypoint,
+    prime_related_objects,
+    share_tls_contexts,
+    skip_engine_waits,
+)
 from p3s.system.pidwait import wait_for_exit
 
 #: Entrypoints whose runs a shared engine runs: flows whose work is a payload process.
@@ -188,8 +201,6 @@ class _Engine:
             self.end()  # the pilot is gone
 
     def run(self, run_id: str, entrypoint: str, claim: str, related: dict[str, Any] | None) -> None:
-        from p3s.pilots.execute import ENGINE_ERROR
-
         code = ENGINE_ERROR
         try:
             code = self.execute(run_id, entrypoint, claim, related)
@@ -209,13 +220,6 @@ class _Engine:
         from prefect.logging.loggers import flow_run_logger
 
         from p3s.jobs.process import payload_watch
-        from p3s.pilots.execute import (
-            ENGINE_ERROR,
-            NOT_CLAIMED,
-            claimed_for,
-            load_entrypoint,
-            prime_related_objects,
-        )
 
         try:
             flow_run = load_flow_run(UUID(run_id))
@@ -251,14 +255,12 @@ class _Engine:
         """The pilot is lost, or the batch system stops the job: as a child would, kill every
         payload and leave the runs not yet final without a final state (they run again). With
         none in flight, the last logs and events go out first."""
-        from p3s.pilots.execute import ENGINE_ERROR, _flush, _kill_own_payloads
-
         with self.lock:
             busy = bool(self.unfinished)
         if busy:
-            _kill_own_payloads()
+            kill_own_payloads()
             os._exit(ENGINE_ERROR)
-        _flush()
+        flush_logs_and_events()
         os._exit(0)
 
 
@@ -276,22 +278,20 @@ def _stop_payloads(procs: list[subprocess.Popen[bytes]], grace_s: float) -> None
 
 def engine_main(pilot: str, pilot_pid: int, conn: Connection) -> None:
     """Body of a pilot's engine process."""
-    from p3s.pilots import execute
-
-    execute._die_with_parent()
+    die_with_parent()
     if os.getppid() == 1:  # the fork server died before PR_SET_PDEATHSIG took effect
-        os._exit(execute.ENGINE_ERROR)
+        os._exit(ENGINE_ERROR)
     # Dying with the fork server (on a pilot that retires, within seconds of it) would lose
     # the last logs of the last runs: the pilot's own end is watched below instead.
     with contextlib.suppress(OSError):
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(execute._PR_SET_PDEATHSIG, 0)
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, 0)
     engine = _Engine(pilot, conn)
     signal.signal(signal.SIGTERM, engine.end)
     os.environ["P3S_PILOT_NAME"] = pilot
-    execute.skip_engine_waits()
-    execute.share_tls_contexts()
+    skip_engine_waits()
+    share_tls_contexts()
 
     def watch_pilot() -> None:
         wait_for_exit(pilot_pid)

@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 import p3s.payloads
+from p3s.blocks.pilot_pool_fields import PilotPoolFields
 from p3s.system.datatypes import DataType, default_datatypes
 
 #: Where the repository (or the installed package) lives: the default home is beside it.
@@ -192,8 +193,15 @@ class WorkflowSettings(BaseModel):
     )
 
 
-class PilotSettings(BaseModel):
-    """Pilots: the Dask workers of the ``p3s-pilot`` work pool (see blocks/pilot_pool.py)."""
+class PilotSettings(PilotPoolFields):
+    """Pilots: the Dask workers of the ``p3s-pilot`` work pool.
+
+    The pool's own fields (cluster, cores, slots, memory, disk, walltime, queue, job_flavour,
+    job_extra_directives, job_script_prologue, min_pilots, max_pilots, idle_seconds,
+    death_timeout, log_directory, scheduler_host, python) are those of the ``PilotPool`` block,
+    described once in ``blocks/pilot_pool_fields.py``: without a saved block (``block``) the
+    worker's pool is built from them. The fields below are the pilot worker's own.
+    """
 
     pool_name: str | None = Field(
         None,
@@ -202,28 +210,10 @@ class PilotSettings(BaseModel):
     )
     block: str | None = Field(
         None,
-        description="Name of a saved PilotPool block; None builds the pool from the fields below.",
+        description="Name of a saved PilotPool block; None builds the pool from these settings.",
     )
-    cluster: str = Field("local", description="local, slurm or htcondor.")
-    min_pilots: int = Field(1, ge=0, description="Pilots kept warm when there is no work.")
-    max_pilots: int = Field(4, ge=1, description="Most pilots alive at once.")
-    cores: int = Field(1, ge=1, description="Cores of each pilot's batch job.")
-    slots: int | None = Field(
-        None,
-        ge=1,
-        description="Flow runs one pilot runs at once; None means one per core (more suits "
-        "payloads that mostly wait on storage or sleep).",
-    )
-    memory: str = Field("2GiB", description="Memory of each pilot.")
-    walltime: str = Field("01:00:00", description="Batch wall-clock limit of each pilot.")
-    queue: str | None = Field(None, description="Slurm partition; None means the default.")
-    idle_seconds: float = Field(30.0, description="Idle time (s) after which a pilot retires.")
-    death_timeout: float = Field(
-        60.0,
-        gt=0,
-        description="A batch pilot cut off from its scheduler this long (s) ends itself; its "
-        "runs are executed again 30 s later.",
-    )
+    # The one default that differs from a block's: `p3s up` keeps a pilot warm.
+    min_pilots: Annotated[int, PilotPoolFields.model_fields["min_pilots"]] = 1
     query_seconds: float = Field(
         2.0,
         description="Fallback poll (s) of the pilot worker for scheduled runs; runs are "

@@ -139,7 +139,7 @@ async def _claimed_run(
     from prefect.client.orchestration import get_client
     from prefect.states import Pending
 
-    from p3s.pilots.worker import related_objects
+    from p3s.pilots.dispatch import related_objects
 
     async with get_client() as client:
         found = await client.read_deployment_by_name(deployment)

@@ -208,7 +208,7 @@ def test_a_run_whose_child_ends_before_it_starts_is_put_back_then_crashed(
     ends Crashed saying why, instead of being retried for ever."""
     from prefect.client.orchestration import get_client
 
-    from p3s.pilots.worker import NOT_STARTED_RETRIES
+    from p3s.pilots.outcomes import NOT_STARTED_RETRIES
 
     async def create() -> object:
         async with get_client() as client:

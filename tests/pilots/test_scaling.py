@@ -95,7 +95,8 @@ def test_a_pool_with_more_free_slots_than_a_page_asks_for_one_page() -> None:
     400 on every poll and dispatched nothing."""
     import asyncio
 
-    from p3s.pilots.worker import MAX_FETCH, PilotWorker
+    from p3s.pilots.dispatch import FETCH_LIMIT
+    from p3s.pilots.worker import PilotWorker
 
     asked: list[int] = []
 
@@ -106,9 +107,9 @@ def test_a_pool_with_more_free_slots_than_a_page_asks_for_one_page() -> None:
     async def no_limits() -> None:
         return None
 
-    worker = PilotWorker(work_pool_name="p3s-pilots")
-    worker._free_slots = lambda: 400  # type: ignore[method-assign]
-    worker._fetch = fetch  # type: ignore[method-assign]
-    worker._refresh_limits = no_limits  # type: ignore[method-assign]
-    asyncio.run(worker._fetch_and_submit())
-    assert asked == [MAX_FETCH] and MAX_FETCH <= 200
+    dispatch = PilotWorker(work_pool_name="p3s-pilots").dispatch
+    dispatch.free_slots = lambda: 400  # type: ignore[method-assign]
+    dispatch.fetch = fetch  # type: ignore[method-assign]
+    dispatch.refresh_limits = no_limits  # type: ignore[method-assign]
+    asyncio.run(dispatch.fetch_and_submit())
+    assert asked == [FETCH_LIMIT] and FETCH_LIMIT <= 200

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import anyio
 import httpx
 import pytest
 from prefect import flow
@@ -22,7 +21,8 @@ from prefect.client.schemas.objects import StateType
 from prefect.states import Running
 
 from p3s.pilots import api_retry
-from p3s.pilots.worker import InFlight, PilotWorker
+from p3s.pilots.dispatch import InFlight
+from p3s.pilots.worker import PilotWorker
 from tests.conftest import Stack
 
 LOG = logging.getLogger("test")
@@ -109,13 +109,12 @@ async def _settle_through_errors(
         worker._client = client
         worker.settings.pilots.api_patience_seconds = patience_s
         if stopping:  # as teardown leaves it
-            worker._scope = anyio.CancelScope()
-            worker._scope.cancel()
+            worker._stopping = True
         # The run's child died on its pilot without a final state (exit code 1).
         ended = EndedTask({"exit_code": 1, "pilot": "0"}, key=f"p3s-run-{run.id}-0")
         entry = InFlight(run.id, run.name, None, ended)
         transport.fail = fail
-        code = await worker._watch(entry)
+        code = await worker.outcomes.watch(entry)
         transport.fail = 0
         after = await client.read_flow_run(run.id)
     return code, after.state, transport.failed

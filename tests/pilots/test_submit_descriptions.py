@@ -94,7 +94,7 @@ def test_slots_from_the_settings_reach_the_pool_and_its_batch_job(
     the scaling that sizes the pool by slots."""
     import asyncio
 
-    from p3s.pilots.worker import load_pilot_pool
+    from p3s.pilots.cluster import load_pilot_pool
     from p3s.system.settings import Settings
 
     monkeypatch.setenv("P3S_PILOTS__CLUSTER", "slurm")

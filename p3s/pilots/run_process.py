@@ -1,0 +1,220 @@
+"""What every process that runs flow runs on a pilot does, whether a flow-run child
+(:mod:`p3s.pilots.execute`) or the pilot's shared engine process (:mod:`p3s.pilots.shared`).
+
+Both import this module and neither imports the other's internals: the exit codes they report,
+the claim check (exactly once), loading a flow by its entrypoint (as Prefect workers do, never
+an import of a flow module by name), priming Prefect's caches with what the pilot worker read,
+the two waits of Prefect's engine a pilot does not need, shared TLS contexts, dying with the
+fork server, killing the process's own payloads and flushing the last logs and events.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import importlib
+import os
+import signal
+import ssl
+import threading
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import psutil
+
+from p3s.system.settings import PROJECT_DIR
+
+#: Exit code of a child that found its run no longer Pending (someone else has it).
+NOT_CLAIMED = 3
+#: Exit code of a child whose flow could not be loaded or whose engine raised.
+ENGINE_ERROR = 1
+#: Top-level folders of the repository that are importable as ``p3s.<folder>``.
+PACKAGE_FOLDERS = ("flows", "tasks")
+#: ``prctl`` option: the signal this process gets when its parent exits.
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Die (SIGKILL) when the fork server exits, which it does when its Dask worker dies."""
+    from multiprocessing import forkserver
+
+    # multiprocessing hands every child the write end of the fork server's "alive" pipe; while
+    # any child holds it the fork server never sees its worker die. Close it here.
+    server = forkserver._forkserver  # type: ignore[attr-defined]
+    fd = getattr(server, "_forkserver_alive_fd", None)
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        server._forkserver_alive_fd = None
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def load_entrypoint(entrypoint: str) -> Any:
+    """The flow at ``path.py:name``, from the installed ``p3s`` package when it is one of its
+    modules (already imported by the fork server: no cost), else loaded from the file."""
+    path, _, name = entrypoint.rpartition(":")
+    rel = Path(path)
+    if not rel.is_absolute() and rel.suffix == ".py" and rel.parts[0] in PACKAGE_FOLDERS:
+        module = "p3s." + ".".join(rel.with_suffix("").parts)
+        with contextlib.suppress(ImportError, AttributeError):
+            return getattr(importlib.import_module(module), name)
+    from prefect.flows import load_flow_from_entrypoint
+
+    full = rel if rel.is_absolute() else PROJECT_DIR / rel
+    return load_flow_from_entrypoint(f"{full}:{name}", use_placeholder_flow=False)
+
+
+def flush_logs_and_events() -> None:
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    with contextlib.suppress(Exception):
+        APILogWorker.drain_all(timeout=10)
+    with contextlib.suppress(Exception):
+        EventsWorker.drain_all(timeout=10)
+
+
+def kill_own_payloads() -> None:
+    """SIGKILL every process group below this process (payloads run in their own)."""
+    with contextlib.suppress(psutil.Error):
+        for proc in psutil.Process().children(recursive=True):
+            with contextlib.suppress(OSError):
+                os.killpg(os.getpgid(proc.pid), signal.SIGKILL)
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+
+
+@contextlib.contextmanager
+def _suspension_observed_in_background(
+    flow_run_id: UUID, suspension_request: Any, polling_interval: float = 10
+) -> Iterator[None]:
+    """Prefect's suspension observer of a deployment's flow run, without its waits.
+
+    Prefect's engine blocks the start of every deployment run until the observer's events
+    websocket is connected (0.3 s on an idle host, over 1 s on a busy one: the largest part of
+    a warm pilot's dispatch), and its thread then wakes every 0.2 s to see whether the run
+    ended. p3s flows never suspend themselves; the observer (Prefect's own class, as
+    ``prefect._flow_run_suspension.observe_flow_run_suspension`` runs it) still watches the
+    run from its own thread, but nothing waits for it to be ready, and its loop sleeps until
+    the run ends.
+    """
+    import asyncio
+    import contextvars
+
+    from prefect._flow_run_suspension import mark_flow_run_suspension_requested
+    from prefect._internal.observers import FlowRunSuspendingObserver
+
+    def mark_suspended(run_id: UUID, state: Any) -> None:
+        if not mark_flow_run_suspension_requested(run_id, state):
+            suspension_request.mark_requested(state)
+
+    stopped = threading.Event()
+    running: dict[str, Any] = {}
+
+    async def observe() -> None:
+        wake = asyncio.Event()
+        running["stop"] = (asyncio.get_running_loop(), wake)
+        if stopped.is_set():
+            return
+        async with FlowRunSuspendingObserver(
+            on_suspended=mark_suspended, polling_interval=polling_interval
+        ) as observer:
+            await observer.watch_flow_run_id(flow_run_id)
+            await wake.wait()
+
+    def run() -> None:
+        with contextlib.suppress(Exception):
+            asyncio.run(observe())
+
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(run,), daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stopped.set()
+        if "stop" in running:
+            loop, wake = running["stop"]
+            with contextlib.suppress(RuntimeError):  # its loop has ended already
+                loop.call_soon_threadsafe(wake.set)
+
+
+def _heartbeats_not_joined(engine: Any, join_on_exit: bool = True) -> Any:
+    """Prefect's flow-run heartbeats, without joining their thread when the run ends.
+
+    Prefect's heartbeat thread sleeps in whole seconds (``time.sleep(1)``) between checks of
+    its stop flag, and the sync engine joins it after the final state: every run's end
+    waited 0 to 1 s (0.98 s in a profile of 10 empty runs here), a pilot slot held for
+    nothing. The thread (a daemon) still stops at its next check and sends no heartbeat
+    after the final state.
+    """
+    from prefect import flow_engine
+
+    return flow_engine._p3s_send_heartbeats(engine, join_on_exit=False)  # type: ignore[attr-defined]
+
+
+def skip_engine_waits() -> None:
+    """Patch the two waits of Prefect's sync flow engine that a pilot's child does not need
+    (see :func:`_suspension_observed_in_background` and :func:`_heartbeats_not_joined`), and
+    leave SIGTERM to the process's own handler (a child's ``_end_as_lost``, the shared engine's
+    ``end``)."""
+    from prefect import flow_engine
+
+    flow_engine.capture_sigterm = contextlib.nullcontext  # type: ignore[assignment]
+    flow_engine.observe_flow_run_suspension = _suspension_observed_in_background  # type: ignore[assignment]
+    if not hasattr(flow_engine, "_p3s_send_heartbeats"):
+        flow_engine._p3s_send_heartbeats = flow_engine._send_heartbeats  # type: ignore[attr-defined]
+        flow_engine._send_heartbeats = _heartbeats_not_joined  # type: ignore[assignment]
+
+
+class _SslWithSharedContexts(types.ModuleType):
+    """The ``ssl`` module as Prefect's client module sees it, with ``create_default_context``
+    memoised (see :func:`share_tls_contexts`)."""
+
+    def __init__(self) -> None:
+        super().__init__("ssl")
+        self.create_default_context = functools.lru_cache(maxsize=8)(ssl.create_default_context)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(ssl, name)
+
+
+def share_tls_contexts() -> None:
+    """Let every Prefect client of this process share one TLS context per CA file.
+
+    Each ``PrefectClient``/``SyncPrefectClient`` builds a fresh ``ssl`` context and loads
+    certifi's CA bundle into it, even for plain-HTTP servers: 29 ms of CPU each, and Prefect's
+    engine makes three clients per flow run (profiled here: 86 ms of the 328 ms of client CPU
+    per run). A context is safe to share between clients; Prefect only ever sets the same
+    options on it.
+    """
+    from prefect.client import orchestration
+
+    if not isinstance(orchestration.ssl, _SslWithSharedContexts):
+        orchestration.ssl = _SslWithSharedContexts()  # type: ignore[assignment]
+
+
+#: Kinds of the objects Prefect's events relate a flow run to, as its resource cache keys them.
+RELATED_KINDS = ("flow", "deployment", "work-queue", "work-pool")
+
+
+def prime_related_objects(related: dict[str, Any] | None) -> None:
+    """Put the flow, deployment, work queue and work pool of the run (read by the pilot worker,
+    cached there) into Prefect's cache of related objects for events: each child otherwise
+    reads all four again for its first event (4 of a trivial job's 16 requests)."""
+    if not related:
+        return
+    from prefect.events.related import RESOURCE_CACHE
+    from prefect.types._datetime import now
+
+    for key, obj in related.items():
+        RESOURCE_CACHE[key] = ({"kind": key.split(".", 1)[0], "object": obj}, now("UTC"))
+
+
+def claimed_for(state: Any, claim: str) -> bool:
+    """Whether a flow run's state is the pilot worker's claim for the execution ``claim``."""
+    return state is not None and state.is_pending() and (state.message or "").endswith(claim)
