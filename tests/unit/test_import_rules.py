@@ -91,11 +91,14 @@ def _imports_of(name: str, path: Path, known: dict[str, Path], root: Path) -> It
                 anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
                 base = ".".join([*anchor, base] if base else anchor)
             targets = [base] + [f"{base}.{alias.name}" for alias in node.names]
+        found = set()
         for target in targets:
             while target and target not in known:
                 target = target.rpartition(".")[0]
             if target and target != name:
-                yield Import(name, target, path.relative_to(root), node.lineno)
+                found.add(target)
+        for target in sorted(found):
+            yield Import(name, target, path.relative_to(root), node.lineno)
 
 
 def project_imports(root: Path) -> list[Import]:
