@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 from p3s.files.lifecycle import Layout, record_outcome, settle, sweep
@@ -153,7 +154,7 @@ def test_a_move_whose_destination_folder_appears_meanwhile_still_moves(
 
 
 def test_the_sweep_settles_files_whose_outcomes_the_catalog_holds(tmp_path: Path) -> None:
-    from p3s.dqm.catalog import open_catalog
+    from p3s.dqm.catalog import catalog_outcomes, open_catalog
 
     layout = Layout(f"file://{tmp_path / 'data'}")
     settings = _settings(tmp_path, layout)
@@ -174,7 +175,8 @@ def test_the_sweep_settles_files_whose_outcomes_the_catalog_holds(tmp_path: Path
             flow_run_id="00000000-0000-0000-0000-000000000000",
             started=datetime.now(UTC),
         )
-    moved = sweep(settings)
+    assert sweep(settings) == []  # the life cycle reads no catalog of its own
+    moved = sweep(settings, partial(catalog_outcomes, settings))  # as `p3s inbox watch` does
     assert [m.name for m in moved] == [name]
     assert layout.used.names() == {name} and layout.claimed.names() == {raw_name(7)}
 
