@@ -235,3 +235,63 @@ def test_the_demo_delivers_a_subrun_not_delivered_before(tmp_path: Path) -> None
     put(layout, raw_name(2, 3), stage="claimed")  # another run: no bearing on run 1
     assert free_subrun(settings, 1) == 3
     assert free_subrun(settings, 2) == 1
+
+
+def test_p3s_inbox_watch_sweeps_with_the_catalogs_outcomes(tmp_path: Path, monkeypatch) -> None:
+    """The watch that `p3s up` starts gives its sweep the DQM catalog: a file whose life-cycle
+    tasks all failed, but whose runs are in the catalog, is settled by it."""
+    import os
+    import signal
+    import time
+
+    from typer.testing import CliRunner
+
+    from p3s.cli import app
+    from p3s.dqm.catalog import open_catalog
+    from p3s.files import inbox
+    from p3s.system.settings import get_settings
+
+    saved_env = dict(os.environ)
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(inbox, "SWEEP_SECONDS", 0.0)
+    monkeypatch.setenv("P3S_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("P3S_INBOX__POLL_SECONDS", "0.2")
+    monkeypatch.setenv("P3S_INBOX__NOTIFY", "false")
+    get_settings.cache_clear()
+    settings = get_settings()
+    layout = Layout.of(settings)
+    name = raw_name(6)
+    put(layout, name, stage="claimed")
+    for payload in PAYLOADS:
+        open_catalog(settings.catalog).record_payload(
+            name,
+            payload,
+            file_url=layout.claimed.child(name),
+            run=6,
+            subrun=1,
+            outcome="completed",
+            reason="fine",
+            flow_run_id="00000000-0000-0000-0000-000000000000",
+            started=datetime.now(UTC),
+        )
+
+    def stop_once_settled() -> None:
+        for _ in range(300):
+            if layout.where(name) == "used":
+                break
+            time.sleep(0.1)
+        os.kill(os.getpid(), signal.SIGINT)  # the watch's own handler: it ends its loop
+
+    stopper = threading.Thread(target=stop_once_settled)
+    stopper.start()
+    try:
+        result = CliRunner().invoke(app, ["inbox", "watch"])
+    finally:
+        stopper.join(60)
+        signal.signal(signal.SIGINT, handlers[0])
+        signal.signal(signal.SIGTERM, handlers[1])
+        os.environ.clear()
+        os.environ.update(saved_env)
+        get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    assert layout.where(name) == "used"
