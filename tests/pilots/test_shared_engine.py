@@ -33,6 +33,7 @@ from tests.pilots.test_local_pilots import (  # noqa: F401 - collected here, on 
 
 pytestmark = [
     pytest.mark.integration,
+    pytest.mark.shared_engine,
     pytest.mark.parametrize("stack", ["sqlite"], indirect=True),
 ]
 #: Waiting runs at once in the memory test, and the most private memory each may add.
