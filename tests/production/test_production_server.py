@@ -277,8 +277,9 @@ def test_an_event_triggers_an_automation_through_redis(
                     ],
                 )
             )
-            # The trigger service reloads automations on an event of their change: give it time.
-            for _ in range(60):
+            # The trigger service reloads automations on an event of their change: give it time
+            # (over a minute on a loaded 2-core host).
+            for _ in range(150):
                 await asyncio.sleep(1)
                 event = Event(
                     event=f"p3s.test.{marker}",
