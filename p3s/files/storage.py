@@ -47,6 +47,7 @@ __all__ = [
     "exists",
     "filesystem",
     "listdir",
+    "local_path",
     "remote_checksum",
     "Staged",
     "stage_in",
@@ -61,7 +62,7 @@ CHUNK = 4 * 1024 * 1024
 """Bytes read at a time when checksumming (4 MiB)."""
 _MISSING_MARKERS = ("[3011]", "no such file")
 _REFUSED_MARKERS = ("[3010]", "permission denied", "not authorized")
-FAILED_EVENT = "p3s.files.storage.failed"
+FAILED_EVENT = "p3s.storage.failed"
 """Emitted for every failed try of a transfer (retried or final)."""
 
 
@@ -187,7 +188,7 @@ def _with_retries(
 def _announce_failure(
     error: StorageError, url: str, action: str, attempt: int, attempts: int
 ) -> None:
-    """Emit ``p3s.files.storage.failed`` for one failed try (the storage-failure alarm counts them).
+    """Emit ``p3s.storage.failed`` for one failed try (the storage-failure alarm counts them).
 
     Only when a Prefect API is configured: without one Prefect would start a server of its
     own. Announcing never fails the transfer.
@@ -203,9 +204,9 @@ def _announce_failure(
         emit_event(
             event=FAILED_EVENT,
             resource={
-                "prefect.resource.id": f"p3s.files.storage.{host}",
+                "prefect.resource.id": f"p3s.storage.{host}",
                 "prefect.resource.name": host,
-                "p3s.files.storage.host": host,
+                "p3s.storage.host": host,
             },
             payload={
                 "url": url,
@@ -279,9 +280,10 @@ def adler32(path_or_url: str | os.PathLike[str]) -> str:
     The server's checksum is used when it offers one; otherwise the file is read.
     """
     full = url_for(path_or_url)
-    if full.startswith("file://"):
+    local = local_path(full)
+    if local is not None:
         try:
-            return adler32_local(full[len("file://") :])
+            return adler32_local(local)
         except OSError as exc:
             raise _classify(exc, full, "computing its checksum") from exc
     value = remote_checksum(full)
