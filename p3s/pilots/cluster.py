@@ -11,17 +11,17 @@ from typing import Any
 
 import dask
 
-from p3s.blocks.pilot_pool import PASSED_ENV, PilotPool
+from p3s.blocks.pilot_pool import PASSED_ENV, PILOT_DASK_CONFIG, PilotPool
 from p3s.system.settings import Settings
 
-#: Dask settings of the process that holds the cluster (its scheduler and local nannies).
+#: Dask settings of the process that holds the cluster (its scheduler and local nannies, which
+#: hand them to their workers); batch pilots get the pilots' part through their job's exports.
 DASK_CONFIG: dict[str, Any] = {
+    **PILOT_DASK_CONFIG,
     # A task whose worker died is NOT re-run by Dask (it would execute the same flow run a
     # second time, while the first may still be alive): it fails with KilledWorker and the
     # pilot worker reschedules the flow run through Prefect instead.
     "distributed.scheduler.allowed-failures": 0,
-    # A pilot forks one child per flow run (see p3s.pilots.execute).
-    "distributed.worker.daemon": False,
     # Forget a lost batch job quickly, so that its replacement is submitted soon (s).
     "distributed.deploy.lost-worker-timeout": "1s",
     # Runs go to the pilot they were given; no stealing between pilots.

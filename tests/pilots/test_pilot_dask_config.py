@@ -1,0 +1,67 @@
+"""The pilots' own Dask settings (``PILOT_DASK_CONFIG``): no profiler, a slow tick monitor and
+memory monitor. They reach a batch pilot through its job's exports, which Dask must read back
+as the same settings, and a local pilot through its nanny."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+import dask
+import distributed  # noqa: F401 - its defaults are those a pilot starts from
+from p3s.blocks.pilot_pool import PILOT_DASK_CONFIG, PilotPool, dask_environment
+
+from p3s.pilots.cluster import job_script, start_cluster
+
+READ_BACK = """
+import json, sys, dask, distributed  # distributed's defaults first, as a pilot loads them
+print(json.dumps({key: dask.config.get(key) for key in json.loads(sys.argv[1])}))
+"""
+
+
+def _defaults() -> dict[str, Any]:
+    return {key: dask.config.get(key) for key in PILOT_DASK_CONFIG}
+
+
+def test_the_settings_differ_from_dask_s_defaults() -> None:
+    defaults = _defaults()
+    assert all(defaults[key] != value for key, value in PILOT_DASK_CONFIG.items()), defaults
+
+
+def test_a_batch_pilot_s_exports_are_read_back_by_dask() -> None:
+    script = job_script(PilotPool(cluster="slurm"), "tcp://host:8786")
+    exports = dask_environment(PILOT_DASK_CONFIG)
+    for name, value in exports.items():
+        assert f"export {name}={value}" in script
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")} | exports
+    out = subprocess.run(
+        [sys.executable, "-c", READ_BACK, json.dumps(list(PILOT_DASK_CONFIG))],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(out.stdout) == PILOT_DASK_CONFIG
+
+
+def test_a_local_pilot_runs_with_them() -> None:
+    async def read_on_a_pilot() -> dict[str, Any]:
+        from distributed import Client
+
+        with dask.config.set({}):  # start_cluster sets them in this process: undo after
+            cluster = await start_cluster(PilotPool(cluster="local", slots=1))
+            try:
+                cluster.scale(1)
+                async with Client(cluster, asynchronous=True) as client:
+                    await client.wait_for_workers(1, timeout=60)
+                    found = await client.run(_defaults)
+            finally:
+                await cluster.close()
+        (config,) = found.values()
+        return config
+
+    assert asyncio.run(read_on_a_pilot()) == PILOT_DASK_CONFIG
