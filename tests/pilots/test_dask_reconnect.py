@@ -30,13 +30,17 @@ SLOTS = 4
 SLEEP_S = 40
 
 
-@pytest.fixture(scope="module")
-def reconnect_pilots(stack: Stack) -> Iterator[Pilots]:
-    """One local pilot of ``SLOTS`` slots, in a pool of its own."""
+@pytest.fixture(
+    scope="module", params=["fork", pytest.param("shared", marks=pytest.mark.shared_engine)]
+)
+def reconnect_pilots(stack: Stack, request: pytest.FixtureRequest) -> Iterator[Pilots]:
+    """One local pilot of ``SLOTS`` slots, in a pool of its own, with a child per run or one
+    shared engine (where the 1000-job run stalled)."""
     pilots = start_pilots(
         stack,
         "local",
-        P3S_PILOTS__POOL_NAME="pilots-reconnect",
+        P3S_PILOTS__POOL_NAME=f"pilots-reconnect-{request.param}",
+        P3S_PILOTS__ENGINE=request.param,
         P3S_PILOTS__SLOTS=str(SLOTS),
         P3S_PILOTS__MAX_PILOTS="1",
         P3S_PILOTS__QUERY_SECONDS="5",
