@@ -62,6 +62,24 @@ class InFlight:
     jobtype: str | None
     future: Any
     submitted: float = field(default_factory=time.monotonic)
+    #: The wait for the run's end (its task, or the run followed after its future was lost):
+    #: cancelled by :meth:`stop_waiting`.
+    waiting: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    #: Why the run stopped being waited for without its task's result (None until then).
+    ended: str | None = None
+    #: Whether its execution is gone without a final state (it is then put back).
+    lost: bool = False
+    #: When the server was first seen to report the run final while it was still in flight.
+    final_seen: float | None = None
+    #: Consecutive looks at the pilots that found none executing it (a run followed after
+    #: its future was lost).
+    gone_seen: int = 0
+
+    def stop_waiting(self, why: str, lost: bool = False) -> None:
+        """End the wait for this run's task: it ended without a result this worker heard."""
+        self.ended = why
+        self.lost = lost
+        self.waiting.cancel()
 
 
 def task_key(run_id: UUID) -> str:

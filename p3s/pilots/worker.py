@@ -7,7 +7,8 @@ a :class:`~p3s.blocks.pilot_pool.PilotPool`, :func:`p3s.pilots.cluster.load_pilo
 the table of runs in flight, and composes four parts, one module each:
 
 - :mod:`p3s.pilots.dispatch`: claims scheduled runs and submits them to the pilots;
-- :mod:`p3s.pilots.outcomes`: settles each run when its task ends, reschedules lost runs;
+- :mod:`p3s.pilots.outcomes`: settles each run when its task ends, reschedules lost runs,
+  follows runs whose Dask future was lost and reconciles the runs in flight with the server;
 - :mod:`p3s.pilots.cancellation`: stops a cancelled run's payload on its pilot;
 - :mod:`p3s.pilots.sizing`: sizes the pool from the backlog and publishes the pilot counts.
 """
@@ -92,8 +93,9 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
         if self.pilot_pool.min_pilots:
             self.cluster.scale(self.pilot_pool.min_pilots)
         self._logger.info(
-            "pilot pool: %s cluster, %s..%s pilots of %s slot(s)",
+            "pilot pool: %s cluster (Dask scheduler %s), %s..%s pilots of %s slot(s)",
             self.pilot_pool.cluster,
+            self.cluster.scheduler_address,
             self.pilot_pool.min_pilots,
             self.pilot_pool.max_pilots,
             self.pilot_pool.slots_per_pilot,
@@ -104,6 +106,8 @@ class PilotWorker(BaseWorker[PilotJobConfiguration, PilotVariables, PilotWorkerR
         self._runs_task_group.start_soon(self.dispatch.recover_orphans)
         self._runs_task_group.start_soon(self.dispatch.dispatch_on_wake)
         self._runs_task_group.start_soon(self.dispatch.watch_scheduled)
+        self._runs_task_group.start_soon(self.outcomes.follow_loop)
+        self._runs_task_group.start_soon(self.outcomes.reconcile_loop)
 
     async def teardown(self, *exc_info: Any) -> None:
         self._stopping = True
