@@ -29,8 +29,9 @@ run_pytest() {
   return "$rc"
 }
 
-# With arguments: exactly what is asked. Without: the default suite; the pilots' shared engine
-# (off by default; marked shared_engine: the local-pilot behaviour tests run again on it); the
+# With arguments: exactly what is asked. Without: the default suite; the pilots' forked engine
+# per run (the default is shared; marked fork_engine: the local-pilot behaviour tests run again
+# on it); the
 # fault suite (tests/faults, marked faults: it breaks a system of its own on purpose and writes
 # its report to test-artifacts/faults-report.md); each a pytest run of its own.
 if [ "$#" -gt 0 ]; then
@@ -39,9 +40,9 @@ if [ "$#" -gt 0 ]; then
   exit "$rc"
 fi
 rc=0
-run_pytest -m "not faults and not shared_engine" || rc=$?
-echo "==> the pilots' shared engine (tests/pilots/test_shared_engine.py)"
-run_pytest -m shared_engine tests/pilots/test_shared_engine.py || rc=$?
+run_pytest -m "not faults and not fork_engine" || rc=$?
+echo "==> the pilots' forked engine per run (tests/pilots, -m fork_engine)"
+run_pytest -m fork_engine tests/pilots || rc=$?
 echo "==> the fault suite (tests/faults)"
 faults_rc=0
 run_pytest -m faults tests/faults || faults_rc=$?

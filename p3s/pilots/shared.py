@@ -1,4 +1,5 @@
-"""One Prefect engine process per pilot for all its p3s jobs (``P3S_PILOTS__ENGINE=shared``).
+"""One Prefect engine process per pilot for all its p3s jobs (``P3S_PILOTS__ENGINE=shared``, the
+default).
 
 A p3s job's run spends its life waiting on its payload, and in a forked child of its own
 (:mod:`p3s.pilots.execute`) that wait holds about 38 MiB: the pages each child copies from its

@@ -221,10 +221,10 @@ class PilotSettings(PilotPoolFields):
     )
     scale_seconds: float = Field(2.0, description="How often the pool size is reconsidered (s).")
     engine: Literal["fork", "shared"] = Field(
-        "fork",
-        description="How a pilot runs p3s jobs: fork, a child process with its own Prefect "
-        "engine per run (about 38 MiB each while its payload waits); shared, one engine "
-        "process per pilot runs them all as threads (a few MiB each). Other flows always fork.",
+        "shared",
+        description="How a pilot runs p3s jobs: shared, one engine process per pilot runs them "
+        "all as threads (a few MiB each while their payloads wait); fork, a child process with "
+        "its own Prefect engine per run (about 38 MiB each). Other flows always fork.",
     )
     api_patience_seconds: float = Field(
         600.0,

@@ -31,7 +31,7 @@ SLEEP_S = 40
 
 
 @pytest.fixture(
-    scope="module", params=["fork", pytest.param("shared", marks=pytest.mark.shared_engine)]
+    scope="module", params=["shared", pytest.param("fork", marks=pytest.mark.fork_engine)]
 )
 def reconnect_pilots(stack: Stack, request: pytest.FixtureRequest) -> Iterator[Pilots]:
     """One local pilot of ``SLOTS`` slots, in a pool of its own, with a child per run or one

@@ -1,15 +1,13 @@
-"""Local pilots with one shared engine process each (``P3S_PILOTS__ENGINE=shared``).
+"""The pilots' shared engine (``P3S_PILOTS__ENGINE=shared``, the default): what it is for.
 
-The behaviour tests of test_local_pilots.py run here again, unchanged, on pilots whose p3s jobs
-run as threads of one engine process per pilot: warm reuse, priorities, jobtype limits,
-cancellation, a killed pilot, a killed pilot worker, a run whose execution ends before it
-starts. Then what the shared engine is for: many waiting runs in one process, each costing a
-few MiB of private memory.
+A pilot runs its p3s jobs as threads of one engine process, so many runs waiting on their
+payloads cost a few MiB of private memory each, not a process each. The local-pilot behaviour
+tests (test_local_pilots.py) run on this engine in the default suite, and again on a forked
+child per run in test_fork_engine.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,53 +16,15 @@ import pytest
 
 from tests.conftest import Stack, wait_for_runs
 from tests.pilots.conftest import Pilots, run, start_pilots, stop_pilots, wait_for
-from tests.pilots.test_local_pilots import (  # noqa: F401 - collected here, on shared pilots
-    job,
-    records,
-    submit,
-    test_a_killed_pilot_is_lost_and_its_run_completes_elsewhere,
-    test_a_killed_pilot_worker_leaves_no_run_behind,
-    test_a_run_whose_child_ends_before_it_starts_is_put_back_then_crashed,
-    test_cancelling_stops_the_payload_on_its_pilot,
-    test_higher_priority_runs_first,
-    test_jobtype_limit_keeps_runs_of_a_type_apart,
-    test_runs_execute_in_turn_on_a_warm_pilot,
-)
+from tests.pilots.test_local_pilots import job, records, submit
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.shared_engine,
     pytest.mark.parametrize("stack", ["sqlite"], indirect=True),
 ]
 #: Waiting runs at once in the memory test, and the most private memory each may add.
 WAITING = 24
 MAX_MIB_PER_WAITING_RUN = 10.0
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _no_limit_left_from_test_local_pilots(stack: Stack) -> None:
-    """The jobtype limit test creates its limit; in a session with test_local_pilots.py it
-    exists already (the stack is the session's): remove it so the test creates it again."""
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
-
-    async def delete() -> None:
-        async with get_client() as client:
-            with contextlib.suppress(ObjectNotFound):
-                await client.delete_global_concurrency_limit_by_name("jobtype:limited")
-
-    run(delete())
-
-
-@pytest.fixture(scope="module")
-def local_pilots(stack: Stack) -> Iterator[Pilots]:
-    pilots = start_pilots(
-        stack, "local", P3S_PILOTS__QUERY_SECONDS="30", P3S_PILOTS__ENGINE="shared"
-    )
-    try:
-        yield pilots
-    finally:
-        stop_pilots(pilots)
 
 
 @pytest.fixture
