@@ -269,8 +269,9 @@ def main() -> None:
     parser.add_argument(
         "--engine",
         choices=["fork", "shared"],
-        default="fork",
-        help="P3S_PILOTS__ENGINE: a forked child per run, or one engine process per pilot",
+        default="shared",
+        help="P3S_PILOTS__ENGINE: one engine process per pilot (the default), or a forked "
+        "child per run",
     )
     args = parser.parse_args()
 

@@ -143,7 +143,7 @@ def main() -> None:
     parser.add_argument("--many-pilots", type=int, default=8)
     parser.add_argument(
         "--engines",
-        default="fork,shared",
+        default="shared,fork",
         help="P3S_PILOTS__ENGINE values whose 4-pilot throughput is measured, in this run "
         "(the first also serves the latency and queue figures)",
     )
