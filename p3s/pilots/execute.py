@@ -322,8 +322,18 @@ def serve_runs(pilot: str, pilot_pid: int, conn: Connection) -> None:
     once the run's logs and events are sent."""
     _start_child(pilot, pilot_pid)
     server_pid = os.getppid()
-    first = contextvars.copy_context()  # the fork server's settings, no run's context
     _idle.set()
+    try:
+        _serve(conn, pilot, pilot_pid, server_pid, contextvars.copy_context())
+    finally:  # no more runs (or one raised what no flow should): the last logs and events
+        flush_logs_and_events()
+
+
+def _serve(
+    conn: Connection, pilot: str, pilot_pid: int, server_pid: int, first: contextvars.Context
+) -> None:
+    """The loop of :func:`serve_runs`; each run in a copy of ``first``, the child's context
+    before any run (the fork server's settings, no run's Prefect context)."""
     served = 0
     while (message := _next_run(conn)) is not None:
         _, run_id, entrypoint, claim, related = message
@@ -346,7 +356,6 @@ def serve_runs(pilot: str, pilot_pid: int, conn: Connection) -> None:
         _enter_idle(server_pid)
         with contextlib.suppress(OSError):
             conn.send(("idle",))
-    flush_logs_and_events()
 
 
 def stop_tree(pid: int, grace_s: float) -> None:
@@ -506,7 +515,9 @@ def _run_in_child(
         code, taken = _hand_and_wait(child, run_id, entrypoint, claim, related)
         if not taken and run_id not in _cancelled:
             # It ended between runs (idle time out, killed) before it took this one: nothing
-            # of the run was executed, a fresh child takes it.
+            # of the run was executed, a fresh child takes it. (A cancellation that found the
+            # old child meanwhile: the run is Cancelling, the fresh child's claim check
+            # refuses it.)
             child.close()
             child = _running[run_id] = _Child(ctx, pilot)
             code, taken = _hand_and_wait(child, run_id, entrypoint, claim, related)
