@@ -22,8 +22,8 @@ interpreter takes. A child:
 3. says the run is final (the Dask task returns, the slot frees), sends its logs and events,
    and waits for the pilot's next run: up to ``P3S_PILOTS__REUSE_RUNS`` runs (1: a fresh child
    per run), then, or after :data:`CHILD_IDLE_SECONDS` without one, it exits. A reused child
-   saves each run a fork, the first touch of a fresh heap's pages, the payloads' first-call
-   work and an events websocket (a DQM run in a fresh child cost about 0.6 CPU-s more).
+   saves each run a fork, the first touch of a fresh heap's pages, the exit
+   and an events websocket (a DQM run in a fresh child cost about 0.3 CPU-s more, measured).
 
 Because each run is a process, cancellation and a lost pilot can kill it: the child dies with
 the fork server (``PR_SET_PDEATHSIG``), the fork server exits when its Dask worker dies, and the
