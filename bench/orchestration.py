@@ -95,6 +95,29 @@ def process_cpu(roots: dict[str, int]) -> dict[tuple[int, str], tuple[float, ...
     return found
 
 
+def forked_cpu(roots: dict[str, int]) -> tuple[float, float]:
+    """CPU seconds (user, system) of the pilots' fork servers and every process they forked
+    (the flow-run children, ended ones included: a fork server reaps its children)."""
+    import psutil
+
+    user = system = 0.0
+    for pid in roots.values():
+        try:
+            tree = psutil.Process(pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            continue
+        for proc in tree:
+            try:
+                if "multiprocessing.forkserver" not in " ".join(proc.cmdline()):
+                    continue
+                t = proc.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            user += t.user + t.children_user
+            system += t.system + t.children_system
+    return user, system
+
+
 def service_roots(settings) -> dict[str, int]:
     """The processes ``p3s up`` started, by service name."""
     from p3s.stack import control
@@ -105,6 +128,29 @@ def service_roots(settings) -> dict[str, int]:
         if process is not None:
             roots[service.name] = process.pid
     return roots
+
+
+def children_report(run_dir: Path) -> str:
+    """What the pilots' logs say of their flow-run children: how many, the runs each took,
+    and its resident memory at its first and its last run (``P3S_PILOTS__REUSE_RUNS``)."""
+    import re
+
+    said = re.compile(r"child pid (\d+), its run (\d+), (\d+) MiB resident")
+    runs: dict[int, list[tuple[int, int]]] = {}
+    for log in run_dir.glob("pilots-*.log"):
+        for m in said.finditer(log.read_text(errors="replace")):
+            runs.setdefault(int(m[1]), []).append((int(m[2]), int(m[3])))
+    if not runs:
+        return "flow-run children: none named in the pilots' logs"
+    firsts = [min(r)[1] for r in runs.values()]
+    lasts = [max(r)[1] for r in runs.values()]
+    most = max(runs.values(), key=len)
+    return (
+        f"flow-run children: {len(runs)}, runs each {min(map(len, runs.values()))} to "
+        f"{len(most)}; resident at the first run {min(firsts)}-{max(firsts)} MiB, at the last "
+        f"{min(lasts)}-{max(lasts)} MiB; the busiest child by run: "
+        + " ".join(f"{mib}" for _, mib in sorted(most))
+    )
 
 
 async def flow_run_count() -> int:
@@ -128,7 +174,13 @@ def main() -> None:
     parser.add_argument("--distinct-files", type=int, default=4)
     parser.add_argument("--drain-minutes", type=float, default=10.0)
     parser.add_argument("--detail", action="store_true", help="CPU per process of the trees")
+    parser.add_argument(
+        "--reuse-runs", type=int, help="runs per flow-run child (P3S_PILOTS__REUSE_RUNS)"
+    )
     args = parser.parse_args()
+    if args.reuse_runs:
+        os.environ["P3S_PILOTS__REUSE_RUNS"] = str(args.reuse_runs)
+    print("load average at the start: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
 
     cores = os.cpu_count() or 1
     home = Path(tempfile.mkdtemp(prefix="p3s-bench-orch-"))
@@ -161,6 +213,7 @@ def main() -> None:
         runs_before = asyncio.run(flow_run_count())
         cpu_before = tree_cpu(roots)
         detail_before = process_cpu(roots)
+        forked_before = forked_cpu(roots)
         if args.minutes:
             args.files = max(1, round(rate * args.minutes * 60))
         minutes = (args.files + 0.5) / rate / 60  # the feed sends int(rate * minutes * 60)
@@ -170,7 +223,9 @@ def main() -> None:
         )
         cpu_after = tree_cpu(roots)
         detail_after = process_cpu(roots)
+        forked = [a - b for a, b in zip(forked_cpu(roots), forked_before, strict=True)]
         runs = asyncio.run(flow_run_count()) - runs_before
+        load = os.getloadavg()
     finally:
         control.down(settings, lambda line: None)
 
@@ -202,6 +257,13 @@ def main() -> None:
         for (pid, cmd), cpu in sorted(deltas.items(), key=lambda kv: -sum(kv[1]))[:12]:
             parts = ", ".join(f"{c / n_ended:.2f}" for c in cpu)
             print(f"    {sum(cpu) / n_ended:6.2f} ({parts})  pid {pid}  {cmd}")
+        user, system = (c / n_ended for c in forked)
+        print(
+            f"    flow-run children (fork servers and all they forked): {user + system:.2f} "
+            f"CPU-s per file (user {user:.2f}, system {system:.2f}), payloads included"
+        )
+        print("    " + children_report(settings.run_dir))
+    print("load average at the end of the feed: " + " ".join(f"{x:.2f}" for x in load))
     print(
         f"CPU per file: everything {everything:.2f} s, payloads alone {cpu_per_file:.2f} s, "
         f"orchestration {orchestration:.2f} s = {orchestration / cpu_per_file:.2f}x the payloads'"

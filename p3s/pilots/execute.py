@@ -1,29 +1,40 @@
-"""What runs on a pilot: each flow run in its own child, forked from a warm fork server.
+"""What runs on a pilot: flow runs in children forked from a warm fork server, each child
+serving many runs in turn.
 
-A pilot (a Dask worker) receives :func:`run_on_pilot` as a Dask task. The task forks a child
-from the pilot's ``forkserver`` (started once, with Prefect and every ``p3s.flows`` module
-already imported by :mod:`p3s.pilots.preload`), so a child is ready in milliseconds instead of
-the seconds a fresh interpreter takes. The child:
+A pilot (a Dask worker) receives :func:`run_on_pilot` as a Dask task. The task hands the run to
+one of the pilot's idle flow-run children, or forks a new child from the pilot's ``forkserver``
+(started once, with Prefect and every ``p3s.flows`` module already imported by
+:mod:`p3s.pilots.preload`), so a child is ready in milliseconds instead of the seconds a fresh
+interpreter takes. A child:
 
 0. watches its pilot: if the Dask worker dies (batch job killed, evicted, at walltime), or the
-   batch system SIGTERMs the job's processes, the child kills its payload's process groups
-   and exits within a quarter of a second without a final state, so the run, rescheduled by
-   the pilot worker, never executes twice at the same time;
+   batch system SIGTERMs the job's processes, a child in a run kills its payload's process
+   groups and exits within a quarter of a second without a final state, so the run,
+   rescheduled by the pilot worker, never executes twice at the same time; an idle child
+   exits, and none takes a run once its pilot is gone;
 
-1. reads the flow run and runs it only if it is still ``Pending`` with the claim that names
-   this execution's Dask task: a run already ``Running`` elsewhere, or claimed again for
-   another execution after this one's pilot was lost, is never started twice;
-2. runs it with ``prefect.flow_engine.run_flow`` (the engine sets Running and the final state);
-3. flushes its logs and events and exits.
+1. takes the pilot's next run, reads it and runs it only if it is still ``Pending`` with the
+   claim that names this execution's Dask task: a run already ``Running`` elsewhere, or
+   claimed again for another execution after this one's pilot was lost, is never started
+   twice;
+2. runs it with ``prefect.flow_engine.run_flow`` (the engine sets Running and the final state),
+   in a copy of the child's first context: nothing of a run's Prefect context reaches the next;
+3. says the run is final (the Dask task returns, the slot frees), sends its logs and events,
+   and waits for the pilot's next run: up to ``P3S_PILOTS__REUSE_RUNS`` runs (1: a fresh child
+   per run), then, or after :data:`CHILD_IDLE_SECONDS` without one, it exits. A reused child
+   saves each run a fork, the first touch of a fresh heap's pages, the exit
+   and an events websocket (a DQM run in a fresh child cost about 0.3 CPU-s more, measured).
 
 Because each run is a process, cancellation and a lost pilot can kill it: the child dies with
 the fork server (``PR_SET_PDEATHSIG``), the fork server exits when its Dask worker dies, and the
-payload of a ``p3s-job`` dies with the child (see :mod:`p3s.jobs.process`).
+payload of a ``p3s-job`` dies with the child (see :mod:`p3s.jobs.process`). A killed child is
+never reused: the pilot forks a fresh one for its next run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import ctypes
 import multiprocessing
 import os
@@ -31,6 +42,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import BaseContext
 from typing import Any
@@ -45,6 +57,7 @@ from p3s.pilots.run_process import (
     PR_SET_PDEATHSIG,
     claimed_for,
     die_with_parent,
+    flush_for_next_run,
     flush_logs_and_events,
     kill_own_payloads,
     load_entrypoint,
@@ -56,13 +69,24 @@ from p3s.system.pidwait import wait_for_exit
 
 _context: BaseContext | None = None
 _context_lock = threading.Lock()
-#: Children running on this pilot, by flow run id: the cancellation hook finds them here.
-_running: dict[str, multiprocessing.process.BaseProcess] = {}
+#: Seconds an idle flow-run child waits for its pilot's next run before it exits: the memory
+#: it holds (tens of MiB of pages copied from the fork server) goes back when runs stop coming.
+CHILD_IDLE_SECONDS = 120.0
+#: The child of each run on this pilot, by flow run id: the cancellation hook finds them here.
+_running: dict[str, _Child] = {}
 _cancelled: set[str] = set()
+#: This pilot's children between runs (at most one per slot: a child is forked only when
+#: every child of the pilot is in a run).
+_pool: list[_Child] = []
+_pool_lock = threading.Lock()
 #: Runs this pilot hands to its shared engine (see :mod:`p3s.pilots.shared`).
 _shared_runs: set[str] = set()
 #: Set in a child once its run has its final state: it may then outlive its pilot.
 _final = threading.Event()
+#: Set in a child while it waits for its next run: nothing of it is left to send.
+_idle = threading.Event()
+#: Set in a child once its pilot is gone (or the batch system ends the job): no more runs.
+_pilot_gone = threading.Event()
 #: The settings context :func:`settle_client_handshakes` entered in the fork server.
 _handshake_settings: Any = None
 
@@ -105,7 +129,12 @@ def _end_as_lost(*_signal: object) -> None:
     a pilot's job (scancel, eviction, walltime) by signalling every process of it, and
     Prefect's engine would report that as Crashed, a final state that never runs again. Once
     the run is final nothing is left to stop: the child stays to send its last logs and
-    events."""
+    events, then exits instead of waiting for another run; an idle child exits now."""
+    # Set before the phase is read, as the child reads this after it changes its phase: one
+    # of the two always sees the other (see _enter_run, _enter_idle).
+    _pilot_gone.set()
+    if _idle.is_set():
+        os._exit(0)
     if _final.is_set():
         return
     kill_own_payloads()
@@ -118,6 +147,23 @@ def _outlive_pilot() -> None:
     _final.set()
     with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, 0)
+
+
+def _enter_idle(server_pid: int) -> None:
+    """The last run's logs and events are sent: die with the fork server again (re-armed,
+    since :func:`_outlive_pilot` cleared it), and exit if it or the pilot is already gone."""
+    _idle.set()
+    die_with_parent()
+    if _pilot_gone.is_set() or os.getppid() != server_pid:
+        os._exit(0)
+
+
+def _enter_run(pilot_pid: int, server_pid: int) -> None:
+    """Before a run is taken: a child whose pilot or fork server is gone takes none."""
+    _idle.clear()
+    _final.clear()
+    if _pilot_gone.is_set() or os.getppid() != server_pid or wait_for_exit(pilot_pid, 0):
+        os._exit(0)  # idle until now: nothing left to send
 
 
 def _csrf_required(client: Any) -> bool:
@@ -186,6 +232,51 @@ def settle_result_storage() -> None:
     results._aread_server_default_result_storage_block_id = read_async  # type: ignore[assignment]
 
 
+def _start_child(pilot: str, pilot_pid: int) -> None:
+    """What a flow-run child does once, before its first run."""
+    die_with_parent()
+    if os.getppid() == 1:  # the fork server died before PR_SET_PDEATHSIG took effect
+        os._exit(ENGINE_ERROR)
+    threading.Thread(target=_watch_pilot, args=(pilot_pid,), daemon=True).start()
+    signal.signal(signal.SIGTERM, _end_as_lost)
+    os.environ["P3S_PILOT_NAME"] = pilot
+    skip_engine_waits()
+    share_tls_contexts()
+
+
+def _execute(
+    run_id: str, entrypoint: str, claim: str, pilot: str, related: Any, served: int = 1
+) -> int:
+    """One flow run in this child (its ``served``-th), if it is still claimed for this
+    execution; its exit code."""
+    from prefect.flow_engine import load_flow_run, run_flow
+    from prefect.logging.loggers import flow_run_logger
+
+    try:
+        flow_run = load_flow_run(UUID(run_id))
+    except Exception:
+        traceback.print_exc()  # the pilot's log: the run has no logger yet
+        return ENGINE_ERROR
+    if not claimed_for(flow_run.state, claim):
+        return NOT_CLAIMED
+    prime_related_objects(related)
+    logger = flow_run_logger(flow_run=flow_run)
+    try:
+        logger.info(
+            "p3s pilot %s runs this flow run (child pid %s, its run %s, %.0f MiB resident)",
+            pilot,
+            os.getpid(),
+            served,
+            psutil.Process().memory_info().rss / 2**20,
+        )
+        flow = load_entrypoint(entrypoint)
+        run_flow(flow, flow_run=flow_run, return_type="state", error_logger=logger)
+    except Exception:
+        logger.exception("the flow run could not be executed on pilot %s", pilot)
+        return ENGINE_ERROR
+    return 0
+
+
 def child_main(
     run_id: str,
     entrypoint: str,
@@ -195,35 +286,13 @@ def child_main(
     done: Connection | None = None,
     related: dict[str, Any] | None = None,
 ) -> None:
-    """Body of the child process of one flow run (see the module docstring)."""
-    die_with_parent()
-    if os.getppid() == 1:  # the fork server died before PR_SET_PDEATHSIG took effect
-        os._exit(ENGINE_ERROR)
-    threading.Thread(target=_watch_pilot, args=(pilot_pid,), daemon=True).start()
-    signal.signal(signal.SIGTERM, _end_as_lost)
-    os.environ["P3S_PILOT_NAME"] = pilot
-    from prefect.flow_engine import load_flow_run, run_flow
-    from prefect.logging.loggers import flow_run_logger
-
-    skip_engine_waits()
-    share_tls_contexts()
-
-    flow_run = load_flow_run(UUID(run_id))
-    if not claimed_for(flow_run.state, claim):
-        sys.exit(NOT_CLAIMED)
-    prime_related_objects(related)
-    logger = flow_run_logger(flow_run=flow_run)
-    code = 0
+    """One flow run in this process, then exit (a child of ``P3S_PILOTS__REUSE_RUNS=1`` does
+    the same through :func:`serve_runs`)."""
+    _start_child(pilot, pilot_pid)
+    code = ENGINE_ERROR
     try:
-        logger.info("p3s pilot %s runs this flow run (child pid %s)", pilot, os.getpid())
-        flow = load_entrypoint(entrypoint)
-        run_flow(flow, flow_run=flow_run, return_type="state", error_logger=logger)
-    except Exception:
-        logger.exception("the flow run could not be executed on pilot %s", pilot)
-        code = ENGINE_ERROR
+        code = _execute(run_id, entrypoint, claim, pilot, related)
     finally:
-        # The run has its final state: free the pilot's slot now, and send the last logs and
-        # events (a websocket that may take seconds to open) on our own time.
         _outlive_pilot()
         if done is not None:
             with contextlib.suppress(OSError):
@@ -231,6 +300,62 @@ def child_main(
                 done.close()
         flush_logs_and_events()
     sys.exit(code)
+
+
+def _next_run(conn: Connection) -> tuple[Any, ...] | None:
+    """The pilot's next run for this idle child; None when the pilot has no more for it (its
+    end of the pipe closed: retired, or the child has served its runs) or none came in
+    :data:`CHILD_IDLE_SECONDS`."""
+    try:
+        if not conn.poll(CHILD_IDLE_SECONDS):
+            return None
+        return conn.recv()
+    except (EOFError, OSError):
+        return None
+
+
+def serve_runs(pilot: str, pilot_pid: int, conn: Connection) -> None:
+    """Body of a flow-run child: the pilot's runs one after another (see the module docstring).
+
+    To the pilot it says ``("took", run_id)`` when it takes a run, ``("done", run_id, code)``
+    once the run is final (``code`` as a child's exit code would say it), and ``("idle",)``
+    once the run's logs and events are sent."""
+    _start_child(pilot, pilot_pid)
+    server_pid = os.getppid()
+    _idle.set()
+    try:
+        _serve(conn, pilot, pilot_pid, server_pid, contextvars.copy_context())
+    finally:  # no more runs (or one raised what no flow should): the last logs and events
+        flush_logs_and_events()
+
+
+def _serve(
+    conn: Connection, pilot: str, pilot_pid: int, server_pid: int, first: contextvars.Context
+) -> None:
+    """The loop of :func:`serve_runs`; each run in a copy of ``first``, the child's context
+    before any run (the fork server's settings, no run's Prefect context)."""
+    served = 0
+    while (message := _next_run(conn)) is not None:
+        _, run_id, entrypoint, claim, related = message
+        served += 1
+        _enter_run(pilot_pid, server_pid)
+        try:
+            conn.send(("took", run_id))
+        except OSError:
+            return  # no pilot waits for it: the run is not this child's
+        code = ENGINE_ERROR
+        try:
+            code = first.copy().run(_execute, run_id, entrypoint, claim, pilot, related, served)
+        finally:
+            # The run is final: free the pilot's slot now, and send the last logs and events
+            # (a websocket that may take seconds to open) on our own time.
+            _outlive_pilot()
+            with contextlib.suppress(OSError):
+                conn.send(("done", run_id, code))
+        flush_for_next_run()
+        _enter_idle(server_pid)
+        with contextlib.suppress(OSError):
+            conn.send(("idle",))
 
 
 def stop_tree(pid: int, grace_s: float) -> None:
@@ -263,6 +388,154 @@ def stop_tree(pid: int, grace_s: float) -> None:
             proc.kill()
 
 
+class _Child:
+    """The pilot's side of one flow-run child: its process, its pipe, the runs it took."""
+
+    def __init__(self, ctx: BaseContext, pilot: str) -> None:
+        ours, theirs = ctx.Pipe()  # type: ignore[attr-defined]
+        self.proc = ctx.Process(  # type: ignore[attr-defined]
+            target=serve_runs, args=(pilot, os.getpid(), theirs), name=f"p3s-child-{pilot}"
+        )
+        self.proc.start()
+        theirs.close()
+        self.conn: Connection = ours
+        self.runs = 0
+        self.idle = True  # its last run's logs and events are sent (a fresh child has none)
+        self._lock = threading.Lock()
+        self._taken = False
+        self._stop_when_taken: float | None = None
+
+    def alive(self) -> bool:
+        """Whether it still runs; reads what it said meanwhile (that it became idle)."""
+        try:
+            while self.conn.poll(0):
+                if self.conn.recv()[0] == "idle":
+                    self.idle = True
+        except (EOFError, OSError):
+            return False
+        return self.proc.is_alive()
+
+    def hand(self, run_id: str, entrypoint: str, claim: str, related: Any) -> bool:
+        """Send it a run; False if it has ended (its pipe closed)."""
+        with self._lock:
+            self._taken, self._stop_when_taken, self.idle = False, None, False
+        try:
+            self.conn.send(("run", run_id, entrypoint, claim, related))
+        except OSError:
+            return False
+        return True
+
+    def outcome(self) -> tuple[int | None, bool]:
+        """Wait until the run it was handed is final or it ends: the exit code (as a child
+        exiting after its run would give it) and whether it took the run at all."""
+        while True:
+            message = self._receive()
+            if message is None:  # it ended: killed, lost, or it left idle before it took it
+                self.proc.join()
+                return self.proc.exitcode, self._taken
+            if message[0] == "took":
+                self._took()
+            elif message[0] == "done":
+                return message[2], True
+            # ("idle",): its run before this one was flushed; it takes this one now.
+
+    def _receive(self) -> tuple[Any, ...] | None:
+        wait([self.conn, self.proc.sentinel])
+        try:
+            if self.conn.poll(0):  # also what it said just before it ended
+                return self.conn.recv()
+        except (EOFError, OSError):
+            pass
+        return None
+
+    def _took(self) -> None:
+        with self._lock:
+            self._taken = True
+            self.runs += 1
+            grace = self._stop_when_taken
+        if grace is not None:
+            self._stop(grace)
+
+    def stop(self, grace_s: float) -> None:
+        """Stop its run (cancellation): now if it has taken it; if it is still sending the
+        logs of its run before, once it takes this one (the last logs of that run still go)."""
+        with self._lock:
+            if not self._taken:
+                self._stop_when_taken = grace_s
+                return
+        self._stop(grace_s)
+
+    def _stop(self, grace_s: float) -> None:
+        # Not on the worker's event loop: the grace period may take seconds.
+        threading.Thread(target=stop_tree, args=(self.proc.pid, grace_s), daemon=True).start()
+
+    def close(self) -> None:
+        """No more runs for it: it exits once its last logs and events are sent."""
+        with contextlib.suppress(OSError):
+            self.conn.close()
+        if not self.proc.is_alive():
+            with contextlib.suppress(ValueError):
+                self.proc.close()
+
+
+def _take_child(ctx: BaseContext, pilot: str) -> _Child:
+    """An idle child of this pilot (the one idle last: its pages are the warmest), else one
+    still sending its last run's logs (it takes the run right after), else a fresh child."""
+    with _pool_lock:
+        for child in [c for c in _pool if not c.alive()]:
+            _pool.remove(child)
+            child.close()
+        if _pool:
+            ready = [c for c in _pool if c.idle] or _pool
+            child = ready[-1]
+            _pool.remove(child)
+            return child
+    return _Child(ctx, pilot)
+
+
+def _release(child: _Child, run_id: str, ended: bool) -> None:
+    """Back to the pool for the pilot's next run, unless it ended, was cancelled (it is being
+    killed) or has served its ``P3S_PILOTS__REUSE_RUNS`` runs."""
+    from p3s.system.settings import get_settings
+
+    if ended or run_id in _cancelled or child.runs >= get_settings().pilots.reuse_runs:
+        child.close()
+        return
+    with _pool_lock:
+        _pool.append(child)
+
+
+def _run_in_child(
+    ctx: BaseContext, pilot: str, run_id: str, entrypoint: str, claim: str, related: Any
+) -> int | None:
+    """Run the flow run in a child of this pilot; its exit code."""
+    child = _take_child(ctx, pilot)
+    _running[run_id] = child
+    try:
+        code, taken = _hand_and_wait(child, run_id, entrypoint, claim, related)
+        if not taken and run_id not in _cancelled:
+            # It ended between runs (idle time out, killed) before it took this one: nothing
+            # of the run was executed, a fresh child takes it. (A cancellation that found the
+            # old child meanwhile: the run is Cancelling, the fresh child's claim check
+            # refuses it.)
+            child.close()
+            child = _running[run_id] = _Child(ctx, pilot)
+            code, taken = _hand_and_wait(child, run_id, entrypoint, claim, related)
+    finally:
+        _running.pop(run_id, None)
+    _release(child, run_id, ended=not child.proc.is_alive() or not taken)
+    return code
+
+
+def _hand_and_wait(
+    child: _Child, run_id: str, entrypoint: str, claim: str, related: Any
+) -> tuple[int | None, bool]:
+    if not child.hand(run_id, entrypoint, claim, related):
+        child.proc.join()
+        return child.proc.exitcode, False
+    return child.outcome()
+
+
 def cancel_local(run_id: str, grace_s: float = 5.0) -> bool:
     """Stop the child running ``run_id`` on this pilot, if any (called through
     ``Client.run`` on every pilot); returns whether this pilot had it."""
@@ -272,19 +545,18 @@ def cancel_local(run_id: str, grace_s: float = 5.0) -> bool:
             return True
         _cancelled.discard(run_id)
         return False
-    proc = _running.get(run_id)
-    if proc is None or proc.pid is None:
+    child = _running.get(run_id)
+    if child is None:
         return False
     _cancelled.add(run_id)
-    # Not on the worker's event loop: the grace period may take seconds.
-    threading.Thread(target=stop_tree, args=(proc.pid, grace_s), daemon=True).start()
+    child.stop(grace_s)
     return True
 
 
 def run_on_pilot(
     run_id: str, entrypoint: str, claim: str, related: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """The Dask task of one flow run: fork its child, wait for it, say how it ended.
+    """The Dask task of one flow run: hand it to a child, wait for it, say how it ended.
 
     ``claim`` is the Dask key the pilot worker named in its claim (the run's Pending state);
     ``related`` the run's objects for its events (see :func:`prime_related_objects`).
@@ -308,28 +580,7 @@ def run_on_pilot(
         finally:
             _shared_runs.discard(run_id)
         return _outcome(run_id, pilot, code, started)
-    done_r, done_w = ctx.Pipe(duplex=False)  # type: ignore[attr-defined]
-    proc = ctx.Process(  # type: ignore[attr-defined]
-        target=child_main,
-        args=(run_id, entrypoint, claim, pilot, os.getpid(), done_w, related),
-        name=f"p3s-run-{run_id}",
-    )
-    proc.start()
-    done_w.close()
-    _running[run_id] = proc
-    code: int | None = None
-    try:
-        # Either the child says its run is final (it then flushes logs on its own), or it ends.
-        wait([done_r, proc.sentinel])
-        if done_r.poll():
-            with contextlib.suppress(EOFError, OSError):
-                code = done_r.recv()
-        if code is None:
-            proc.join()
-            code = proc.exitcode
-    finally:
-        done_r.close()
-        _running.pop(run_id, None)
+    code = _run_in_child(ctx, pilot, run_id, entrypoint, claim, related)
     return _outcome(run_id, pilot, code, started)
 
 

@@ -18,6 +18,7 @@ import os
 import signal
 import ssl
 import threading
+import time
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +37,8 @@ ENGINE_ERROR = 1
 PACKAGE_FOLDERS = ("flows", "tasks")
 #: ``prctl`` option: the signal this process gets when its parent exits.
 PR_SET_PDEATHSIG = 1
+#: Seconds a process waits for its logs, and then its events, to reach the server.
+FLUSH_TIMEOUT_S = 10.0
 
 
 def die_with_parent() -> None:
@@ -74,9 +77,35 @@ def flush_logs_and_events() -> None:
     from prefect.logging.handlers import APILogWorker
 
     with contextlib.suppress(Exception):
-        APILogWorker.drain_all(timeout=10)
+        APILogWorker.drain_all(timeout=FLUSH_TIMEOUT_S)
     with contextlib.suppress(Exception):
-        EventsWorker.drain_all(timeout=10)
+        EventsWorker.drain_all(timeout=FLUSH_TIMEOUT_S)
+
+
+def flush_for_next_run() -> None:
+    """Send a run's last logs and events, and keep the events worker, its websocket open, for
+    the process's next run (a reused flow-run child): a new one per run cost a connection
+    and its handshake. One that does not empty in time is drained as at exit."""
+    from concurrent.futures import wait
+
+    from prefect._internal.concurrency.services import _QueueServiceBase
+    from prefect.events.worker import EventsWorker
+
+    # Prefect keeps the instances of all its services (log and events workers) in one map.
+    services = list(_QueueServiceBase._instances.values())
+    events = [s for s in services if isinstance(s, EventsWorker)]
+    # The log worker batches: it counts no item done, so it can only be drained (a new one,
+    # a thread and a client, is cheap).
+    logs = [s._drain() for s in services if not isinstance(s, EventsWorker)]
+    wait(logs, timeout=FLUSH_TIMEOUT_S)
+    deadline = time.monotonic() + FLUSH_TIMEOUT_S
+    for worker in events:
+        # An event counts done once the websocket has taken it (or failed to).
+        while worker._queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.01)
+    if any(worker._queue.unfinished_tasks for worker in events):
+        with contextlib.suppress(Exception):
+            EventsWorker.drain_all(timeout=FLUSH_TIMEOUT_S)
 
 
 def kill_own_payloads() -> None:

@@ -226,6 +226,13 @@ class PilotSettings(PilotPoolFields):
         "all as threads (a few MiB each while their payloads wait); fork, a child process with "
         "its own Prefect engine per run (about 38 MiB each). Other flows always fork.",
     )
+    reuse_runs: int = Field(
+        50,
+        ge=1,
+        description="Runs a pilot's flow-run child serves, one after another, before it exits "
+        "(it saves each run a fork, a fresh heap and the payloads' first-call work); 1 = a "
+        "fresh child per run. A cancelled or killed child is never reused.",
+    )
     api_patience_seconds: float = Field(
         600.0,
         gt=0,
