@@ -32,9 +32,12 @@ CHILD = re.compile(r"runs this flow run \(child pid (\d+), its run (\d+),")
 
 
 def one_slot_pilot(stack: Stack, pool: str, reuse: int) -> Pilots:
+    # Children serve every flow but the p3s jobs of a shared engine (the default): the jobs
+    # here, the quickest runs there are, go to children with the fork engine.
     return start_pilots(
         stack,
         "local",
+        P3S_PILOTS__ENGINE="fork",
         P3S_PILOTS__POOL_NAME=pool,
         P3S_PILOTS__SLOTS="1",
         P3S_PILOTS__MAX_PILOTS="1",
