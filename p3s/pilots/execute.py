@@ -64,6 +64,7 @@ from p3s.pilots.run_process import (
     prime_related_objects,
     share_tls_contexts,
     skip_engine_waits,
+    start_with_pipe,
 )
 from p3s.system.pidwait import wait_for_exit
 
@@ -392,13 +393,7 @@ class _Child:
     """The pilot's side of one flow-run child: its process, its pipe, the runs it took."""
 
     def __init__(self, ctx: BaseContext, pilot: str) -> None:
-        ours, theirs = ctx.Pipe()  # type: ignore[attr-defined]
-        self.proc = ctx.Process(  # type: ignore[attr-defined]
-            target=serve_runs, args=(pilot, os.getpid(), theirs), name=f"p3s-child-{pilot}"
-        )
-        self.proc.start()
-        theirs.close()
-        self.conn: Connection = ours
+        self.proc, self.conn = start_with_pipe(ctx, serve_runs, pilot, f"p3s-child-{pilot}")
         self.runs = 0
         self.idle = True  # its last run's logs and events are sent (a fresh child has none)
         self._lock = threading.Lock()

@@ -41,6 +41,16 @@ PR_SET_PDEATHSIG = 1
 FLUSH_TIMEOUT_S = 10.0
 
 
+def start_with_pipe(ctx: Any, target: Any, pilot: str, name: str) -> tuple[Any, Any]:
+    """Fork ``target(pilot, pilot_pid, conn)`` from the pilot's fork server (``ctx``): the
+    started process and the pilot's end of the pipe to it."""
+    ours, theirs = ctx.Pipe()
+    proc = ctx.Process(target=target, args=(pilot, os.getpid(), theirs), name=name)
+    proc.start()
+    theirs.close()
+    return proc, ours
+
+
 def die_with_parent() -> None:
     """Die (SIGKILL) when the fork server exits, which it does when its Dask worker dies."""
     from multiprocessing import forkserver

@@ -51,6 +51,7 @@ from p3s.pilots.run_process import (
     prime_related_objects,
     share_tls_contexts,
     skip_engine_waits,
+    start_with_pipe,
 )
 from p3s.system.pidwait import wait_for_exit
 
@@ -76,13 +77,7 @@ class EngineHandle:
     run's exit code back to the Dask task that waits for it."""
 
     def __init__(self, ctx: BaseContext, pilot: str) -> None:
-        ours, theirs = ctx.Pipe()  # type: ignore[attr-defined]
-        self.proc = ctx.Process(  # type: ignore[attr-defined]
-            target=engine_main, args=(pilot, os.getpid(), theirs), name=f"p3s-engine-{pilot}"
-        )
-        self.proc.start()
-        theirs.close()
-        self._conn: Connection = ours
+        self.proc, self._conn = start_with_pipe(ctx, engine_main, pilot, f"p3s-engine-{pilot}")
         self._lock = threading.Lock()
         self._waiting: dict[str, Future[int | None]] = {}
         self.dead = False

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from uuid import UUID
 
 import pytest
 
@@ -135,3 +136,15 @@ def slurm_pilots(stack: Stack) -> Iterator[Pilots]:
 
 def run(coro):
     return asyncio.run(coro)
+
+
+def cancel(run_id: UUID) -> None:
+    """Cancel a flow run as the UI does (``Cancelling``); the pilot worker takes it from there."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelling
+
+    async def cancelling() -> None:
+        async with get_client() as client:
+            await client.set_flow_run_state(run_id, Cancelling(), force=True)
+
+    run(cancelling())

@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from tests.conftest import Stack, wait_for_runs
-from tests.pilots.conftest import Pilots, run, start_pilots, stop_pilots, wait_for
+from tests.pilots.conftest import Pilots, cancel, run, start_pilots, stop_pilots, wait_for
 from tests.pilots.test_local_pilots import alive, job, records, submit
 
 pytestmark = [
@@ -124,9 +124,6 @@ def test_reuse_runs_1_forks_a_child_per_run(fresh_child_pilot: Pilots, tmp_path:
 def test_a_cancelled_run_kills_its_reused_child_and_the_next_run_works(
     reusing_pilot: Pilots, tmp_path: Path
 ) -> None:
-    from prefect.client.orchestration import get_client
-    from prefect.states import Cancelling
-
     log = tmp_path / "exec.log"
     (before, served) = children_in_turn(reusing_pilot, log, ["before-cancel"])[0]
     (flow_run,) = run(submit(reusing_pilot, [job("cancel-me", log, sleep=300)]))
@@ -134,11 +131,7 @@ def test_a_cancelled_run_kills_its_reused_child_and_the_next_run_works(
     child = child_pid(flow_run.id)
     payload = int([r for r in records(log) if r[0] == "cancel-me"][0][5])
 
-    async def cancel() -> None:
-        async with get_client() as client:
-            await client.set_flow_run_state(flow_run.id, Cancelling(), force=True)
-
-    run(cancel())
+    cancel(flow_run.id)
     (done,) = run(wait_for_runs([flow_run.id], 120))
     assert done.state.type.value == "CANCELLED", done.state
     wait_for(lambda: not alive(payload) and not alive(child), 30, "payload and child stopped")

@@ -13,7 +13,7 @@ import pytest
 
 from p3s.jobs.model import P3SJob
 from tests.conftest import wait_for_runs
-from tests.pilots.conftest import PILOT_PAYLOADS, Pilots, run, wait_for
+from tests.pilots.conftest import PILOT_PAYLOADS, Pilots, cancel, run, wait_for
 
 pytestmark = [
     pytest.mark.integration,
@@ -128,20 +128,13 @@ def test_jobtype_limit_keeps_runs_of_a_type_apart(local_pilots: Pilots, tmp_path
 
 
 def test_cancelling_stops_the_payload_on_its_pilot(local_pilots: Pilots, tmp_path: Path) -> None:
-    from prefect.client.orchestration import get_client
-    from prefect.states import Cancelling
-
     log = tmp_path / "exec.log"
     (flow_run,) = run(submit(local_pilots, [job("cancel-me", log, sleep=300)]))
     start = wait_for(lambda: records(log), 120, "the payload started")[0]
     payload_pid = int(start[5])
     assert alive(payload_pid)
 
-    async def cancel() -> None:
-        async with get_client() as client:
-            await client.set_flow_run_state(flow_run.id, Cancelling(), force=True)
-
-    run(cancel())
+    cancel(flow_run.id)
     (done,) = run(wait_for_runs([flow_run.id], 120))
     assert done.state.type.value == "CANCELLED", done.state
     wait_for(lambda: not alive(payload_pid), 30, "the payload stopped")
