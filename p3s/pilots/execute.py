@@ -39,7 +39,6 @@ import ctypes
 import multiprocessing
 import os
 import signal
-import sys
 import threading
 import time
 import traceback
@@ -276,31 +275,6 @@ def _execute(
         logger.exception("the flow run could not be executed on pilot %s", pilot)
         return ENGINE_ERROR
     return 0
-
-
-def child_main(
-    run_id: str,
-    entrypoint: str,
-    claim: str,
-    pilot: str,
-    pilot_pid: int,
-    done: Connection | None = None,
-    related: dict[str, Any] | None = None,
-) -> None:
-    """One flow run in this process, then exit (a child of ``P3S_PILOTS__REUSE_RUNS=1`` does
-    the same through :func:`serve_runs`)."""
-    _start_child(pilot, pilot_pid)
-    code = ENGINE_ERROR
-    try:
-        code = _execute(run_id, entrypoint, claim, pilot, related)
-    finally:
-        _outlive_pilot()
-        if done is not None:
-            with contextlib.suppress(OSError):
-                done.send(code)
-                done.close()
-        flush_logs_and_events()
-    sys.exit(code)
 
 
 def _next_run(conn: Connection) -> tuple[Any, ...] | None:

@@ -1,7 +1,8 @@
 """API requests per flow run on a pilot, counted against the real server.
 
-The executing process of a run (a pilot's flow-run child: :func:`p3s.pilots.execute.child_main`
-after the fork server's imports and handshakes) runs in a subprocess whose every httpx request
+The executing process of a run (a pilot's flow-run child,
+:func:`p3s.pilots.execute.serve_runs`, serving its first run after the fork server's imports
+and handshakes) runs in a subprocess whose every httpx request
 and websocket connection is recorded. The run is created from its deployment already claimed
 (``Pending`` with the claim naming this execution), as the pilot worker leaves it, so the count
 is the executing side of one run. Beside it, Prefect's own minimum: an empty flow called
@@ -90,12 +91,25 @@ code = 0
 try:
     if mode == "child":
         import pickle
-        from p3s.pilots.execute import child_main
+        import threading
+        from multiprocessing import Pipe
+        from p3s.pilots.execute import serve_runs
 
         run_id, entrypoint, claim, related = sys.argv[3:7]
         with open(related, "rb") as handle:
             related = pickle.load(handle)
-        child_main(run_id, entrypoint, claim, "request-count", os.getppid(), None, related)
+        pilot_end, child_end = Pipe()
+        said = []
+
+        def as_the_pilot():  # one run, then no more once its logs and events are sent
+            pilot_end.send(("run", run_id, entrypoint, claim, related))
+            while (message := pilot_end.recv())[0] != "idle":
+                said.append(message)
+            pilot_end.close()
+
+        threading.Thread(target=as_the_pilot, daemon=True).start()
+        serve_runs("request-count", os.getppid(), child_end)
+        code = next((m[2] for m in said if m[0] == "done"), 1)
     else:  # Prefect alone, as a fresh process runs a flow
         from prefect import flow
         from prefect.events.worker import EventsWorker
