@@ -110,3 +110,21 @@ async def wait_for_runs(run_ids: list, timeout_s: float = 240.0) -> list:
     from p3s.jobs.client import wait_for_jobs
 
     return await wait_for_jobs(run_ids, timeout_s)
+
+
+async def final_task_runs(flow_run_ids: list, timeout_s: float = 15.0) -> list:
+    """The task runs of finished flow runs, once the server has recorded their final states
+    (it records task-run states in batches, a second or so after the run's own)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    async with get_client() as client:
+        while True:
+            tasks = await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(flow_run_ids)))
+            )
+            settled = all(t.state is not None and t.state.is_final() for t in tasks)
+            if settled or asyncio.get_running_loop().time() > deadline:
+                return tasks
+            await asyncio.sleep(0.25)

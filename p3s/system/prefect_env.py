@@ -32,6 +32,7 @@ def server_environment(settings: Settings) -> dict[str, str]:
         "PREFECT_API_DATABASE_TIMEOUT": "30",
         "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
         **retention_environment(settings),
+        **task_run_recorder_environment(settings),
         **redis_environment(settings.prefect_redis_url),
         **pool_environment(settings),
     }
@@ -45,6 +46,18 @@ def pool_environment(settings: Settings) -> dict[str, str]:
         "PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE": str(settings.server.database_pool_size),
         "PREFECT_SERVER_DATABASE_SQLALCHEMY_MAX_OVERFLOW": str(
             settings.server.database_max_overflow
+        ),
+    }
+
+
+def task_run_recorder_environment(settings: Settings) -> dict[str, str]:
+    """Task-run states recorded in batches: one transaction per batch, not per state."""
+    batch = str(settings.server.task_run_batch)
+    return {
+        "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_READ_BATCH_SIZE": batch,
+        "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": batch,
+        "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": str(
+            settings.server.task_run_flush_seconds
         ),
     }
 

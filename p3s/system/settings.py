@@ -86,6 +86,20 @@ class ServerSettings(BaseModel):
         description="Connections the server may open beyond the pool under bursts (mind "
         "PostgreSQL's max_connections, 100 by default, shared with the catalog).",
     )
+    task_run_batch: int = Field(
+        100,
+        ge=1,
+        description="Task-run state events the server records in one transaction. Prefect's "
+        "1 made the recorder half the server's CPU for a DQM run of six tasks (0.45 CPU-s "
+        "per run against 0.27 with 50, measured on two cores).",
+    )
+    task_run_flush_seconds: int = Field(
+        1,
+        ge=1,
+        description="Most seconds a task-run state waits before the server records it "
+        "(what the UI and the API show lag by up to this); Prefect's is 5. Whole seconds: "
+        "Prefect truncates the setting to an integer.",
+    )
 
     @field_validator("flow_run_retention_days")
     @classmethod

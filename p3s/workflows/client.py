@@ -107,10 +107,16 @@ async def submit_workflow(workflow: Workflow, parameters: dict[str, Any]) -> Any
         )
 
 
+TASK_RUNS_SETTLE_S = 5.0
+"""How long the status of a finished workflow waits for its last task-run states: the server
+records them in batches (``settings.server.task_run_flush_seconds``), after the run's own."""
+
+
 async def read_run(run_id: str) -> tuple[Any, list[Any]]:
-    """The workflow's flow run and its task runs."""
+    """The workflow's flow run and its task runs (of a finished run, once they are final)."""
+    import asyncio
+
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     try:
         flow_run_id = uuid.UUID(run_id)
@@ -118,17 +124,32 @@ async def read_run(run_id: str) -> tuple[Any, list[Any]]:
         raise ValueError(f"{run_id!r} is not a workflow run id (a flow run UUID)") from None
     async with get_client() as client:
         run = await client.read_flow_run(flow_run_id)
-        tasks: list[Any] = []
-        while True:  # the API returns at most 200 a call
-            page = await client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
-                limit=200,
-                offset=len(tasks),
-            )
-            tasks.extend(page)
-            if len(page) < 200:
-                break
+        tasks = await _task_runs(client, flow_run_id)
+        deadline = asyncio.get_running_loop().time() + TASK_RUNS_SETTLE_S
+        while (
+            run.state is not None
+            and run.state.is_final()
+            and any(t.state is None or not t.state.is_final() for t in tasks)
+            and asyncio.get_running_loop().time() < deadline
+        ):
+            await asyncio.sleep(0.25)
+            tasks = await _task_runs(client, flow_run_id)
     return run, tasks
+
+
+async def _task_runs(client: Any, flow_run_id: uuid.UUID) -> list[Any]:
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    tasks: list[Any] = []
+    while True:  # the API returns at most 200 a call
+        page = await client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+            limit=200,
+            offset=len(tasks),
+        )
+        tasks.extend(page)
+        if len(page) < 200:
+            return tasks
 
 
 def node_views(run: Any, task_runs: list[Any]) -> tuple[Workflow | None, list[NodeView]]:

@@ -11,7 +11,6 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from p3s.payloads.rawformat import Geometry, raw_filename
@@ -19,7 +18,7 @@ from p3s.payloads.simulate import simulate_file
 
 from p3s.dqm.catalog import Catalog
 from p3s.files import storage
-from tests.conftest import Stack
+from tests.conftest import Stack, final_task_runs
 from tests.dqm.conftest import drain_prefect_clients
 from tests.xrootd_server import XRootDServer
 
@@ -48,16 +47,6 @@ def eos_settings(xrootd_server: XRootDServer) -> Iterator[None]:
         os.environ.clear()
         os.environ.update(saved)
         get_settings.cache_clear()
-
-
-async def _task_runs(flow_run_id: Any) -> list[Any]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    async with get_client() as client:
-        return await client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-        )
 
 
 def test_restart_during_stage_in_is_retried_and_products_land_on_xrootd(
@@ -90,7 +79,7 @@ def test_restart_during_stage_in_is_retried_and_products_land_on_xrootd(
 
     stage_in = [
         t
-        for t in asyncio.run(_task_runs(state.state_details.flow_run_id))
+        for t in asyncio.run(final_task_runs([state.state_details.flow_run_id]))
         if t.name.startswith("stage-in")
     ]
     assert len(stage_in) == 1, stage_in

@@ -21,6 +21,7 @@ import pytest
 
 from p3s.jobs.model import P3SJob
 from p3s.stack import control
+from tests.conftest import final_task_runs
 from tests.faults.accounting import FINAL, FaultRecord, final_runs
 from tests.faults.conftest import FAULT_PAYLOADS, FaultSystem
 from tests.pilots.conftest import wait_for as poll_until
@@ -321,17 +322,8 @@ def test_storage_server_restarted_during_stage_in(
 
 
 def _stage_ins(flow_run_ids: list[uuid.UUID]) -> list[Any]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    async def _read() -> list[Any]:
-        async with get_client() as client:
-            tasks = await client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=flow_run_ids))
-            )
-        return [t for t in tasks if t.name.startswith("stage-in")]
-
-    return asyncio.run(_read())
+    tasks = asyncio.run(final_task_runs(flow_run_ids))
+    return [t for t in tasks if t.name.startswith("stage-in")]
 
 
 # --------------------------------------------------------------------------------------------

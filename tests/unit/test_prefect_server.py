@@ -6,6 +6,8 @@ import os
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from p3s.system.prefect_server import SQLITE_PREFIX, seed_sqlite
 
 
@@ -50,3 +52,21 @@ def test_a_request_that_finds_no_free_database_connection_is_answered_503() -> N
         assert status(RuntimeError("a bug")) == 500  # other errors stay what they were
     finally:
         server.is_client_retryable_exception = original
+
+
+def test_the_server_records_task_run_states_in_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Prefect reads the recorder's batch from the variables the server is started with (one
+    transaction per state made the recorder half the server's CPU of a DQM run)."""
+    from prefect.settings import Settings as PrefectSettings
+
+    from p3s.system.prefect_env import server_environment
+    from p3s.system.settings import Settings
+
+    settings = Settings(home=tmp_path, server={"task_run_batch": 64, "task_run_flush_seconds": 2})
+    for key, value in server_environment(settings).items():
+        if "TASK_RUN_RECORDER" in key:
+            monkeypatch.setenv(key, value)
+    recorder = PrefectSettings().server.services.task_run_recorder
+    assert (recorder.batch_size, recorder.read_batch_size, recorder.flush_interval) == (64, 64, 2)
