@@ -128,58 +128,85 @@ def kill_own_payloads() -> None:
                 proc.kill()
 
 
-@contextlib.contextmanager
-def _suspension_observed_in_background(
-    flow_run_id: UUID, suspension_request: Any, polling_interval: float = 10
-) -> Iterator[None]:
-    """Prefect's suspension observer of a deployment's flow run, without its waits.
+class _SuspensionWatcher:
+    """One Prefect suspension observer for all the runs of a process.
 
-    Prefect's engine blocks the start of every deployment run until the observer's events
-    websocket is connected (0.3 s on an idle host, over 1 s on a busy one: the largest part of
-    a warm pilot's dispatch), and its thread then wakes every 0.2 s to see whether the run
-    ended. p3s flows never suspend themselves; the observer (Prefect's own class, as
-    ``prefect._flow_run_suspension.observe_flow_run_suspension`` runs it) still watches the
-    run from its own thread, but nothing waits for it to be ready, and its loop sleeps until
-    the run ends.
+    Prefect's engine starts an observer per deployment run: its own thread, event loop, API
+    client, events websocket (whose every connection makes the server query its events table
+    for a backfill) and a read of the run. A pilot's child runs many runs and the shared engine
+    many at once: here one observer (Prefect's ``FlowRunSuspendingObserver``) is started on a
+    process's first run and then watches each run from its start to its end. It measured about
+    a tenth of the server's CPU per DQM run (``bench/orchestration.py``, 2026-12-07). p3s flows
+    never suspend themselves; a run suspended from outside is still noticed, and nothing waits
+    for the observer to be ready (Prefect's engine blocked each run's start until it was).
     """
-    import asyncio
-    import contextvars
 
-    from prefect._flow_run_suspension import mark_flow_run_suspension_requested
-    from prefect._internal.observers import FlowRunSuspendingObserver
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._requests: dict[UUID, Any] = {}
+        self._started = False
+        self._loop: Any = None
+        self._observer: Any = None
 
-    def mark_suspended(run_id: UUID, state: Any) -> None:
-        if not mark_flow_run_suspension_requested(run_id, state):
-            suspension_request.mark_requested(state)
+    @contextlib.contextmanager
+    def watching(
+        self, flow_run_id: UUID, suspension_request: Any, polling_interval: float = 10
+    ) -> Iterator[None]:
+        """Prefect's ``observe_flow_run_suspension``: watch ``flow_run_id`` while it runs."""
+        with self._lock:
+            self._requests[flow_run_id] = suspension_request
+            if not self._started:
+                self._started = True
+                threading.Thread(
+                    target=self._run, args=(polling_interval,), daemon=True, name="p3s-suspension"
+                ).start()
+            self._call(lambda observer: observer.add_in_flight_flow_run_id(flow_run_id))
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._requests.pop(flow_run_id, None)
+                self._call(lambda observer: observer.remove_in_flight_flow_run_id(flow_run_id))
 
-    stopped = threading.Event()
-    running: dict[str, Any] = {}
+    def _call(self, action: Any) -> None:
+        """Run ``action(observer)`` on the observer's loop, once it has one (under the lock)."""
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # its loop has ended
+                self._loop.call_soon_threadsafe(action, self._observer)
 
-    async def observe() -> None:
-        wake = asyncio.Event()
-        running["stop"] = (asyncio.get_running_loop(), wake)
-        if stopped.is_set():
-            return
-        async with FlowRunSuspendingObserver(
-            on_suspended=mark_suspended, polling_interval=polling_interval
-        ) as observer:
-            await observer.watch_flow_run_id(flow_run_id)
-            await wake.wait()
+    def _mark_suspended(self, flow_run_id: UUID, state: Any) -> None:
+        from prefect._flow_run_suspension import mark_flow_run_suspension_requested
 
-    def run() -> None:
+        if not mark_flow_run_suspension_requested(flow_run_id, state):
+            request = self._requests.get(flow_run_id)
+            if request is not None:
+                request.mark_requested(state)
+
+    def _run(self, polling_interval: float) -> None:
+        import asyncio
+
         with contextlib.suppress(Exception):
-            asyncio.run(observe())
+            asyncio.run(self._observe(polling_interval))
+        with self._lock:  # it could not start (the server away): the next run starts another
+            self._started, self._loop, self._observer = False, None, None
 
-    thread = threading.Thread(target=contextvars.copy_context().run, args=(run,), daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stopped.set()
-        if "stop" in running:
-            loop, wake = running["stop"]
-            with contextlib.suppress(RuntimeError):  # its loop has ended already
-                loop.call_soon_threadsafe(wake.set)
+    async def _observe(self, polling_interval: float) -> None:
+        import asyncio
+
+        from prefect._internal.observers import FlowRunSuspendingObserver
+
+        async with FlowRunSuspendingObserver(
+            on_suspended=self._mark_suspended, polling_interval=polling_interval
+        ) as observer:
+            with self._lock:
+                self._loop, self._observer = asyncio.get_running_loop(), observer
+                watched = list(self._requests)
+            for flow_run_id in watched:
+                observer.add_in_flight_flow_run_id(flow_run_id)
+            await asyncio.Event().wait()  # for the life of the process (a daemon thread)
+
+
+_suspension_watcher = _SuspensionWatcher()
 
 
 def _heartbeats_not_joined(engine: Any, join_on_exit: bool = True) -> Any:
@@ -198,13 +225,13 @@ def _heartbeats_not_joined(engine: Any, join_on_exit: bool = True) -> Any:
 
 def skip_engine_waits() -> None:
     """Patch the two waits of Prefect's sync flow engine that a pilot's child does not need
-    (see :func:`_suspension_observed_in_background` and :func:`_heartbeats_not_joined`), and
+    (see :class:`_SuspensionWatcher` and :func:`_heartbeats_not_joined`), and
     leave SIGTERM to the process's own handler (a child's ``_end_as_lost``, the shared engine's
     ``end``)."""
     from prefect import flow_engine
 
     flow_engine.capture_sigterm = contextlib.nullcontext  # type: ignore[assignment]
-    flow_engine.observe_flow_run_suspension = _suspension_observed_in_background  # type: ignore[assignment]
+    flow_engine.observe_flow_run_suspension = _suspension_watcher.watching  # type: ignore[assignment]
     if not hasattr(flow_engine, "_p3s_send_heartbeats"):
         flow_engine._p3s_send_heartbeats = flow_engine._send_heartbeats  # type: ignore[attr-defined]
         flow_engine._send_heartbeats = _heartbeats_not_joined  # type: ignore[assignment]
