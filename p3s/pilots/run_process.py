@@ -11,6 +11,7 @@ fork server, killing the process's own payloads and flushing the last logs and e
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import ctypes
 import functools
 import importlib
@@ -158,7 +159,10 @@ class _SuspensionWatcher:
             if not self._started:
                 self._started = True
                 threading.Thread(
-                    target=self._run, args=(polling_interval,), daemon=True, name="p3s-suspension"
+                    target=_with_settings_only().run,
+                    args=(self._run, polling_interval),
+                    daemon=True,
+                    name="p3s-suspension",
                 ).start()
             self._call(lambda observer: observer.add_in_flight_flow_run_id(flow_run_id))
         try:
@@ -201,12 +205,24 @@ class _SuspensionWatcher:
             with self._lock:
                 self._loop, self._observer = asyncio.get_running_loop(), observer
                 watched = list(self._requests)
-            for flow_run_id in watched:
-                observer.add_in_flight_flow_run_id(flow_run_id)
+            # Runs that began before the websocket was subscribed: their state is read once,
+            # so a suspension that came before is not missed (later runs are added as they
+            # begin, with the websocket already listening).
+            await asyncio.gather(*(observer.watch_flow_run_id(run_id) for run_id in watched))
             await asyncio.Event().wait()  # for the life of the process (a daemon thread)
 
 
 _suspension_watcher = _SuspensionWatcher()
+
+
+def _with_settings_only() -> contextvars.Context:
+    """A context that holds this thread's Prefect settings (the pilot's handshake among them)
+    and nothing of its runs: for a thread that outlives the run that started it."""
+    from prefect.context import SettingsContext
+
+    context = contextvars.Context()
+    context.run(SettingsContext.__var__.set, SettingsContext.get())
+    return context
 
 
 def _heartbeats_not_joined(engine: Any, join_on_exit: bool = True) -> Any:
