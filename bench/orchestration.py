@@ -7,7 +7,9 @@ inbox watcher) under a temporary home and free ports. Then, in the same run:
 1. **Payloads alone**: the four DQM payloads one after another in this process on each
    distinct simulated reduced-geometry file (no Prefect, no storage checks, no events): their
    CPU seconds per file, and the payload-only bound on this machine,
-   ``cores / payload CPU-s per file`` files per second.
+   ``cores / payload CPU-s per file`` files per second. Then the same in ``--pilots``
+   processes at once, as the pilots run them: with every core busy a payload takes more CPU
+   (shared caches and memory bandwidth), so both figures are also given against this.
 2. **Through the inbox**: ``--files`` files renamed into the inbox at ``--load`` times that
    bound (each a new run number), then drained. Everything the system runs is charged: the
    CPU time of every process ``p3s up`` started and of all their descendants, including those
@@ -48,6 +50,24 @@ def payload_cpu(path: Path, outbox: Path) -> tuple[float, float]:
     for name in PAYLOADS:
         run_payload(name, path, outbox)
     return time.process_time() - c0, time.perf_counter() - t0
+
+
+def payload_cpu_of(files: list[Path], outbox: Path) -> list[float]:
+    """The payloads' CPU seconds on each file, after a warm-up on the first (one process)."""
+    payload_cpu(files[0], outbox)
+    return [payload_cpu(f, outbox)[0] for f in files]
+
+
+def payload_cpu_side_by_side(files: list[Path], outbox: Path, processes: int) -> float:
+    """Mean CPU seconds per file of the payloads with ``processes`` of them running at once,
+    each in its own process, as the pilots run them: on a machine whose cores are all busy a
+    payload takes more CPU than alone (shared caches and memory bandwidth)."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    with ProcessPoolExecutor(processes, mp_context=get_context("spawn")) as pool:
+        jobs = [pool.submit(payload_cpu_of, files, outbox / str(i)) for i in range(processes)]
+        return statistics.mean(c for job in jobs for c in job.result())
 
 
 def tree_cpu(roots: dict[str, int]) -> dict[str, float]:
@@ -204,6 +224,12 @@ def main() -> None:
         f"payloads alone, in-process: {cpu_per_file:.2f} CPU-s per file ({wall_per_file:.2f} s "
         f"wall); payload-only bound on {cores} cores: {bound:.3f} files/s"
     )
+    side_by_side = payload_cpu_side_by_side(files, home / "baseline", args.pilots)
+    side_bound = cores / side_by_side
+    print(
+        f"payloads alone, {args.pilots} processes at once (as the pilots run them): "
+        f"{side_by_side:.2f} CPU-s per file; bound {side_bound:.3f} files/s"
+    )
 
     try:
         control.up(settings, lambda line: print("  ", line))
@@ -268,9 +294,15 @@ def main() -> None:
         f"CPU per file: everything {everything:.2f} s, payloads alone {cpu_per_file:.2f} s, "
         f"orchestration {orchestration:.2f} s = {orchestration / cpu_per_file:.2f}x the payloads'"
     )
+    beside = everything - side_by_side
+    print(
+        f"  beside the payloads {args.pilots} at once ({side_by_side:.2f} s): orchestration "
+        f"{beside:.2f} s = {beside / side_by_side:.2f}x"
+    )
     print(
         f"sustained {sustained:.3f} files/s = {sustained / bound:.2f}x the payload-only bound "
-        f"({bound:.3f}); fed {rate:.3f}"
+        f"({bound:.3f}), {sustained / side_bound:.2f}x the bound of {args.pilots} at once "
+        f"({side_bound:.3f}); fed {rate:.3f}"
     )
     print(
         f"backlog: max {max((b for _, b, _ in samples), default=0)}, mean of the first half of "
@@ -294,6 +326,19 @@ def main() -> None:
                         "value": sustained,
                         "baseline": bound,
                         "baseline_label": "payload-only bound (cores / payload CPU-s)",
+                    },
+                    {
+                        "figure": f"orchestration CPU-s per file, payloads {args.pilots} at once",
+                        "value": beside,
+                        "baseline": side_by_side,
+                        "baseline_label": f"payloads' CPU-s per file, {args.pilots} processes "
+                        "at once",
+                    },
+                    {
+                        "figure": "sustained files/s, bound of payloads side by side",
+                        "value": sustained,
+                        "baseline": side_bound,
+                        "baseline_label": "cores / payload CPU-s with the pilots' concurrency",
                     },
                     {
                         "figure": "flow runs per file",
