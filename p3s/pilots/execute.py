@@ -21,7 +21,7 @@ interpreter takes. A child:
    in a copy of the child's first context: nothing of a run's Prefect context reaches the next;
 3. says the run is final (the Dask task returns, the slot frees), sends its logs and events,
    and waits for the pilot's next run: up to ``P3S_PILOTS__REUSE_RUNS`` runs (1: a fresh child
-   per run), then, or after :data:`CHILD_IDLE_SECONDS` without one, it exits. A reused child
+   per run), then, or after ``P3S_PILOTS__CHILD_IDLE_SECONDS`` without one, it exits. A reused child
    saves each run a fork, the first touch of a fresh heap's pages, the exit
    and an events websocket (a DQM run in a fresh child cost about 0.3 CPU-s more, measured).
 
@@ -69,9 +69,6 @@ from p3s.system.pidwait import wait_for_exit
 
 _context: BaseContext | None = None
 _context_lock = threading.Lock()
-#: Seconds an idle flow-run child waits for its pilot's next run before it exits: the memory
-#: it holds (tens of MiB of pages copied from the fork server) goes back when runs stop coming.
-CHILD_IDLE_SECONDS = 120.0
 #: The child of each run on this pilot, by flow run id: the cancellation hook finds them here.
 _running: dict[str, _Child] = {}
 _cancelled: set[str] = set()
@@ -280,9 +277,11 @@ def _execute(
 def _next_run(conn: Connection) -> tuple[Any, ...] | None:
     """The pilot's next run for this idle child; None when the pilot has no more for it (its
     end of the pipe closed: retired, or the child has served its runs) or none came in
-    :data:`CHILD_IDLE_SECONDS`."""
+    ``P3S_PILOTS__CHILD_IDLE_SECONDS``."""
+    from p3s.system.settings import get_settings
+
     try:
-        if not conn.poll(CHILD_IDLE_SECONDS):
+        if not conn.poll(get_settings().pilots.child_idle_seconds):
             return None
         return conn.recv()
     except (EOFError, OSError):

@@ -247,6 +247,13 @@ class PilotSettings(PilotPoolFields):
         "(it saves each run a fork, a fresh heap and the payloads' first-call work); 1 = a "
         "fresh child per run. A cancelled or killed child is never reused.",
     )
+    child_idle_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="How long an idle flow-run child waits for its pilot's next run before it "
+        "exits (s): the memory it holds (tens of MiB copied from the fork server) goes back "
+        "when runs stop coming; a run after that pays a fork and the payloads' first calls.",
+    )
     api_patience_seconds: float = Field(
         600.0,
         gt=0,

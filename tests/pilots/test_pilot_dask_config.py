@@ -1,12 +1,14 @@
 """The pilots' own Dask settings (``PILOT_DASK_CONFIG``): no profiler, a slow tick monitor and
-memory monitor. They reach a batch pilot through its job's exports, which Dask must read back
-as the same settings, and a local pilot through its nanny."""
+memory monitor, no malloc trim threshold for the flow-run children. They reach a batch pilot
+through its job's exports, which Dask must read back as the same settings, and a local pilot
+through its nanny."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import shlex
 import subprocess
 import sys
 from typing import Any
@@ -36,7 +38,7 @@ def test_a_batch_pilot_s_exports_are_read_back_by_dask() -> None:
     script = job_script(PilotPool(cluster="slurm"), "tcp://host:8786")
     exports = dask_environment(PILOT_DASK_CONFIG)
     for name, value in exports.items():
-        assert f"export {name}={value}" in script
+        assert f"export {name}={shlex.quote(value)}" in script
     env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")} | exports
     out = subprocess.run(
         [sys.executable, "-c", READ_BACK, json.dumps(list(PILOT_DASK_CONFIG))],
@@ -48,8 +50,15 @@ def test_a_batch_pilot_s_exports_are_read_back_by_dask() -> None:
     assert json.loads(out.stdout) == PILOT_DASK_CONFIG
 
 
+def _environment() -> dict[str, str | None]:
+    return {key: os.environ.get(key) for key in PILOT_DASK_CONFIG[PRE_SPAWN]}
+
+
+PRE_SPAWN = "distributed.nanny.pre-spawn-environ"
+
+
 def test_a_local_pilot_runs_with_them() -> None:
-    async def read_on_a_pilot() -> dict[str, Any]:
+    async def read_on_a_pilot() -> tuple[dict[str, Any], dict[str, str | None]]:
         from distributed import Client
 
         with dask.config.set({}):  # start_cluster sets them in this process: undo after
@@ -59,9 +68,20 @@ def test_a_local_pilot_runs_with_them() -> None:
                 async with Client(cluster, asynchronous=True) as client:
                     await client.wait_for_workers(1, timeout=60)
                     found = await client.run(_defaults)
+                    environ = await client.run(_environment)
             finally:
                 await cluster.close()
         (config,) = found.values()
-        return config
+        (env,) = environ.values()
+        return config, env
 
-    assert asyncio.run(read_on_a_pilot()) == PILOT_DASK_CONFIG
+    config, env = asyncio.run(read_on_a_pilot())
+    assert config == PILOT_DASK_CONFIG
+    # What the pilot's flow-run children inherit: glibc's own malloc thresholds (no trim
+    # threshold set), one BLAS/OpenMP thread per payload.
+    assert env == {
+        "MALLOC_TRIM_THRESHOLD_": os.environ.get("MALLOC_TRIM_THRESHOLD_"),
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+    }
