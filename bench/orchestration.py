@@ -18,7 +18,8 @@ inbox watcher) under a temporary home and free ports. Then, in the same run:
    orchestration (everything minus the payloads' own CPU per file), against the payloads' CPU.
 3. Sustained files per second (files ended over the time from the first arrival to the last
    end) against the payload-only bound; the backlog sampled every 5 s; the flow runs and the
-   server's API requests per file.
+   server's API requests per file (the server's own count by route, read at the start and the
+   end of the feed; ``--detail`` lists the routes).
 
 Goals (issue 20): orchestration CPU per file at most 0.25x the payloads'; sustained files/s at
 least 0.8x the payload-only bound, backlog bounded.
@@ -39,6 +40,10 @@ import time
 from pathlib import Path
 
 from inbox_load import embedded_system_env, feed_and_watch, simulate_files
+
+#: Requests of Prefect's own empty flow run, created and run in-process (counted against the
+#: real server by tests/integration/test_api_requests.py).
+PREFECT_RUN_REQUESTS = 13
 
 
 def payload_cpu(path: Path, outbox: Path) -> tuple[float, float]:
@@ -173,6 +178,24 @@ def children_report(run_dir: Path) -> str:
     )
 
 
+def server_requests(settings, roots: dict[str, int]) -> dict[str, int]:
+    """The server's API requests so far, by route (SIGUSR1 has it write them:
+    :mod:`p3s.system.request_counts`)."""
+    import signal
+
+    from p3s.system.request_counts import FILE_NAME, read_counts
+
+    path = settings.prefect_home / FILE_NAME
+    path.unlink(missing_ok=True)
+    os.kill(roots["prefect-server"], signal.SIGUSR1)
+    deadline = time.monotonic() + 30
+    while (counts := read_counts(settings.prefect_home)) is None:
+        if time.monotonic() > deadline:
+            raise SystemExit("the Prefect server wrote no request counts on SIGUSR1")
+        time.sleep(0.05)
+    return counts["routes"]
+
+
 async def flow_run_count() -> int:
     from prefect.client.orchestration import get_client
 
@@ -237,6 +260,7 @@ def main() -> None:
         # One file first: the pilots' first runs, page cache; not charged.
         feed_and_watch(settings, files[:1], 1.0, 1 / 60, args.drain_minutes, first_run=90000)
         runs_before = asyncio.run(flow_run_count())
+        requests_before = server_requests(settings, roots)
         cpu_before = tree_cpu(roots)
         detail_before = process_cpu(roots)
         forked_before = forked_cpu(roots)
@@ -250,6 +274,7 @@ def main() -> None:
         cpu_after = tree_cpu(roots)
         detail_after = process_cpu(roots)
         forked = [a - b for a, b in zip(forked_cpu(roots), forked_before, strict=True)]
+        requests_after = server_requests(settings, roots)
         runs = asyncio.run(flow_run_count()) - runs_before
         load = os.getloadavg()
     finally:
@@ -273,6 +298,20 @@ def main() -> None:
     )
     for name, cpu in sorted(by_service.items()):
         print(f"  {name}: {cpu / n_ended:.2f} CPU-s per file")
+    requests = {
+        route: n - requests_before.get(route, 0)
+        for route, n in requests_after.items()
+        if n > requests_before.get(route, 0)
+    }
+    requests_per_file = sum(requests.values()) / n_ended
+    print(
+        f"  API requests: {requests_per_file:.1f} per file "
+        f"({requests_per_file * n_ended / max(runs, 1):.1f} per flow run; Prefect's own empty "
+        f"run in-process makes {PREFECT_RUN_REQUESTS})"
+    )
+    if args.detail:
+        for route, n in sorted(requests.items(), key=lambda kv: -kv[1]):
+            print(f"    {n / n_ended:6.2f} per file  {route}")
     if args.detail:
         zero = (0.0, 0.0, 0.0, 0.0)
         deltas = {
@@ -339,6 +378,12 @@ def main() -> None:
                         "value": sustained,
                         "baseline": side_bound,
                         "baseline_label": "cores / payload CPU-s with the pilots' concurrency",
+                    },
+                    {
+                        "figure": "API requests per file (the server's count)",
+                        "value": requests_per_file,
+                        "baseline": PREFECT_RUN_REQUESTS * runs / n_ended,
+                        "baseline_label": "Prefect's own requests for as many empty runs",
                     },
                     {
                         "figure": "flow runs per file",

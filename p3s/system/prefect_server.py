@@ -14,6 +14,9 @@ overloaded: 400 flow runs starting at once on two cores, measured) is answered 5
 Prefect's clients retry with backoff, instead of 500, which they do not
 (:func:`pool_timeouts_retryable`; Prefect issue #6492 reports the 500s).
 
+Its API requests are counted by route (:mod:`p3s.system.request_counts`; ``kill -USR1`` the
+server to have them written to ``$PREFECT_HOME/server-requests.json``).
+
 Everything else is Prefect's own CLI.
 
 A new SQLite database starts as a copy of a migrated template (:func:`seed_sqlite`), made once
@@ -114,8 +117,11 @@ def seed_sqlite(database_url: str, env: dict[str, str]) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     """Run Prefect's CLI (``server ...``) in this process with the SQLite fix applied."""
+    from p3s.system.request_counts import count_requests
+
     sqlite_immediate_transactions()
     pool_timeouts_retryable()
+    count_requests()
     from prefect.cli import app
 
     sys.argv = ["prefect", "server", *(sys.argv[1:] if argv is None else argv)]
