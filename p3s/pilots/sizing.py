@@ -27,7 +27,7 @@ from prefect.client.schemas.objects import StateType
 from prefect.events import emit_event
 
 from p3s.pilots import scaling
-from p3s.pilots.status import PilotCounts, publish
+from p3s.pilots.status import PilotCounts, publish_variable, write_status
 
 
 class PoolSizing:
@@ -47,6 +47,9 @@ class PoolSizing:
         self._stopped = 0
         self._lost = 0
         self._last_counts: PilotCounts | None = None
+        #: The counts last set in the Prefect variable, and when (monotonic s).
+        self._published: PilotCounts | None = None
+        self._published_at = -float("inf")
         self._below_target = scaling.BelowTarget(worker.settings.pilots.below_target_seconds)
 
     @property
@@ -162,8 +165,25 @@ class PoolSizing:
         if below_s is not None:
             self._below_target_event(decision.required, n_connected, counts.starting, below_s)
         if not counts.same_counts(self._last_counts):
-            await publish(w.settings, counts)
+            write_status(w.settings, counts)
             self._last_counts = counts
+        await self._publish(counts, now)
+
+    async def _publish(self, counts: PilotCounts, now: float) -> None:
+        """The counts into the Prefect variable when pilots came or went, else at most every
+        ``P3S_PILOTS__COUNTS_PUBLISH_SECONDS``: idle and running change with every run, and a
+        write per run was a tenth of the server's requests per DQM file."""
+        last = self._published
+        if counts.same_counts(last):
+            return
+        pilots_changed = last is None or any(
+            getattr(counts, k) != getattr(last, k) for k in ("total", "stopped", "lost")
+        )
+        if pilots_changed or now - self._published_at >= (
+            self.worker.settings.pilots.counts_publish_seconds
+        ):
+            await publish_variable(self.worker.client, counts)
+            self._published, self._published_at = counts, now
 
     def _pool_resource(self) -> dict[str, str]:
         """The resource of the pool's events (p3s.pilots.scaled, p3s.pilots.below-target)."""

@@ -3,9 +3,11 @@ lost; published by the pilot worker, read by ``p3s pilots`` and the content app.
 
 The worker writes ``RUN_DIR/pilot-counts-<pool>.json`` (atomically) whenever a count changes, and
 the same record into the Prefect variable ``p3s-pilots-<pool>`` so that a content app on
-another host can read it through the API. ``total`` counts the pilots held now (starting +
-idle + running); ``stopped`` (retired when idle) and ``lost`` (killed, evicted, at walltime:
-p3s's pilotTO) count since the worker started.
+another host can read it through the API: at once when pilots come or go, otherwise at most
+every ``P3S_PILOTS__COUNTS_PUBLISH_SECONDS`` (idle and running change with every run).
+``total`` counts the pilots held now (starting + idle + running); ``stopped`` (retired when
+idle) and ``lost`` (killed, evicted, at walltime: p3s's pilotTO) count since the worker
+started.
 """
 
 from __future__ import annotations
@@ -89,9 +91,17 @@ async def read_status_from_api(pool: str) -> PilotCounts | None:
     return PilotCounts(**data)
 
 
-async def publish(settings: Settings, counts: PilotCounts) -> None:
-    """Write the status file and the Prefect variable."""
-    from prefect.variables import Variable
+async def publish_variable(client: Any, counts: PilotCounts) -> None:
+    """Set the Prefect variable ``p3s-pilots-<pool>`` to ``counts`` with the worker's own
+    ``client``: one PATCH (a POST the first time), not the read, the write and the client
+    handshake of ``Variable.aset``."""
+    import httpx
+    from prefect.client.schemas.actions import VariableCreate, VariableUpdate
 
-    write_status(settings, counts)
-    await Variable.aset(variable_name(counts.pool), counts.as_dict(), overwrite=True)
+    name = variable_name(counts.pool)
+    try:
+        await client.update_variable(VariableUpdate(name=name, value=counts.as_dict()))
+    except httpx.HTTPStatusError as exc:
+        if exc.response.status_code != 404:
+            raise
+        await client.create_variable(VariableCreate(name=name, value=counts.as_dict()))

@@ -260,6 +260,13 @@ class PilotSettings(PilotPoolFields):
         description="How long the pilot worker keeps trying to set a run's state while the "
         "Prefect server is unreachable or answers 5xx (s); then it logs an error.",
     )
+    counts_publish_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="Pilot counts reach the Prefect variable p3s-pilots-<pool> (what a content "
+        "app on another host reads) at once when pilots come or go, else at most this often "
+        "(s); the status file on the worker's host is written at every change.",
+    )
     below_target_seconds: float = Field(
         300.0,
         description="Fewer pilots connected than required for this long is reported once "

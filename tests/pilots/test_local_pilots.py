@@ -66,6 +66,24 @@ def test_runs_execute_in_turn_on_a_warm_pilot(local_pilots: Pilots, tmp_path: Pa
     assert counts["total"] == counts["starting"] + counts["idle"] + counts["running"]
 
 
+def test_the_counts_reach_the_prefect_variable(local_pilots: Pilots) -> None:
+    """What a content app on another host reads: the pilots held, stopped and lost are
+    published at once (idle and running at most every COUNTS_PUBLISH_SECONDS)."""
+    from p3s.pilots.status import read_status_from_api
+
+    def same_pilots() -> bool:
+        published = run(read_status_from_api(local_pilots.pool))
+        here = local_pilots.counts()
+        return published is not None and all(
+            getattr(published, k) == here.get(k) for k in ("pool", "total", "stopped", "lost")
+        )
+
+    wait_for(same_pilots, 60, "the pilot counts in the Prefect variable")
+    published = run(read_status_from_api(local_pilots.pool))
+    assert published is not None and published.total >= 1
+    assert published.total == published.starting + published.idle + published.running
+
+
 def test_a_scheduled_run_is_dispatched_on_its_event(local_pilots: Pilots, tmp_path: Path) -> None:
     # The fallback poll is 30 s here: the worker fetched this run because the server's
     # prefect.flow-run.Scheduled event told it, and its log says so.
