@@ -7,7 +7,9 @@ inbox watcher) under a temporary home and free ports. Then, in the same run:
 1. **Payloads alone**: the four DQM payloads one after another in this process on each
    distinct simulated reduced-geometry file (no Prefect, no storage checks, no events): their
    CPU seconds per file, and the payload-only bound on this machine,
-   ``cores / payload CPU-s per file`` files per second. Then the same in ``--pilots``
+   ``cores / payload CPU-s per file`` files per second. Measured before the feed (which sets
+   its rate) and again after it: the figures use the mean of the two, since a shared
+   machine's speed drifts over the minutes of a run. Then the same in ``--pilots``
    processes at once, as the pilots run them: with every core busy a payload takes more CPU
    (shared caches and memory bandwidth), so both figures are also given against this.
 2. **Through the inbox**: ``--files`` files renamed into the inbox at ``--load`` times that
@@ -283,6 +285,16 @@ def main() -> None:
     n_ended = len(ended)
     if not n_ended:
         raise SystemExit("no file ended: see the logs under " + str(settings.run_dir))
+    # The payloads again, after the feed: this machine's speed drifts by 10-30 % over the
+    # minutes of a run, so the baseline is the mean of the measurements before and after.
+    before_feed = cpu_per_file
+    after_feed = statistics.mean(c for c, _ in (payload_cpu(f, home / "baseline") for f in files))
+    cpu_per_file = (before_feed + after_feed) / 2
+    bound = cores / cpu_per_file
+    print(
+        f"payloads alone, in-process, after the feed: {after_feed:.2f} CPU-s per file (before: "
+        f"{before_feed:.2f}); below, their mean {cpu_per_file:.2f} and its bound {bound:.3f}"
+    )
     by_service = {k: cpu_after.get(k, 0.0) - cpu_before.get(k, 0.0) for k in roots}
     everything = sum(by_service.values()) / n_ended
     orchestration = everything - cpu_per_file
