@@ -15,6 +15,7 @@ from typing import Any
 
 import dask
 import distributed  # noqa: F401 - its defaults are those a pilot starts from
+import pytest
 from p3s.blocks.pilot_pool import PILOT_DASK_CONFIG, PilotPool, dask_environment
 
 from p3s.pilots.cluster import job_script, start_cluster
@@ -34,20 +35,70 @@ def test_the_settings_differ_from_dask_s_defaults() -> None:
     assert all(defaults[key] != value for key, value in PILOT_DASK_CONFIG.items()), defaults
 
 
-def test_a_batch_pilot_s_exports_are_read_back_by_dask() -> None:
-    script = job_script(PilotPool(cluster="slurm"), "tcp://host:8786")
-    exports = dask_environment(PILOT_DASK_CONFIG)
-    for name, value in exports.items():
-        assert f"export {name}={shlex.quote(value)}" in script
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")} | exports
+def _read_back_after(shell_lines: str) -> dict[str, Any]:
+    """The pilots' settings as a Dask process started after ``shell_lines`` (a job's exports,
+    run by ``/bin/sh``) reads them, in an environment without other DASK_ variables."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")}
+    read = shlex.join([sys.executable, "-c", READ_BACK, json.dumps(list(PILOT_DASK_CONFIG))])
     out = subprocess.run(
-        [sys.executable, "-c", READ_BACK, json.dumps(list(PILOT_DASK_CONFIG))],
+        ["/bin/sh", "-c", f"{shell_lines}\nexec {read}"],
         env=env,
         capture_output=True,
         text=True,
         check=True,
     )
-    assert json.loads(out.stdout) == PILOT_DASK_CONFIG
+    return json.loads(out.stdout)
+
+
+def test_a_slurm_pilot_s_exports_are_read_back_by_dask() -> None:
+    script = job_script(PilotPool(cluster="slurm"), "tcp://host:8786")
+    exports = dask_environment(PILOT_DASK_CONFIG)
+    for name, value in exports.items():
+        assert f"export {name}={shlex.quote(value)}" in script
+    lines = "\n".join(line for line in script.splitlines() if line.startswith("export DASK_"))
+    assert _read_back_after(lines) == PILOT_DASK_CONFIG
+
+
+def _split_condor_arguments(text: str) -> list[str]:
+    """argv from a job ad's ``Arguments`` (HTCondor's V2 syntax: white space separates, single
+    quotes group, two single quotes inside a group are one)."""
+    args: list[str] = []
+    current: list[str] | None = None
+    quoted = False
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if c == "'" and quoted and text[i + 1 : i + 2] == "'":
+            current = (current or []) + ["'"]
+            i += 1
+        elif c == "'":
+            quoted, current = not quoted, current or []
+        elif c.isspace() and not quoted:
+            if current is not None:
+                args.append("".join(current))
+            current = None
+        else:
+            current = (current or []) + [c]
+        i += 1
+    if current is not None:
+        args.append("".join(current))
+    return args
+
+
+def test_an_htcondor_pilot_s_arguments_are_read_back_by_dask(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The exports travel in the submit description's Arguments (quoted by dask-jobqueue,
+    parsed by the htcondor bindings as a schedd would), then through the job's shell."""
+    monkeypatch.setenv("CONDOR_CONFIG", "/dev/null")  # no HTCondor installation here
+    import htcondor
+
+    submit = htcondor.Submit(job_script(PilotPool(cluster="htcondor"), "tcp://host:8786"))
+    (ad,) = list(submit.jobs(count=1, clusterid=1))
+    flag, command = _split_condor_arguments(ad.eval("Arguments"))
+    assert flag == "-c" and "distributed.cli.dask_worker tcp://host:8786" in command
+    exports = command.partition(f"; {sys.executable} -m distributed.cli.dask_worker")[0]
+    assert _read_back_after(exports) == PILOT_DASK_CONFIG
 
 
 def _environment() -> dict[str, str | None]:
