@@ -198,6 +198,35 @@ def server_requests(settings, roots: dict[str, int]) -> dict[str, int]:
     return counts["routes"]
 
 
+async def payload_cpu_in_runs(since: float) -> list[float]:
+    """CPU seconds of each payload run since ``since`` (epoch s), as the runs logged them
+    (``tasks/analyse.py``: the payload's own thread, measured while everything else ran)."""
+    import datetime
+    import re
+
+    from p3s.tasks.analyse import PAYLOAD_COST
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterTimestamp
+
+    # The logged line's format, its fields made groups: the CPU seconds are the first number.
+    text = re.escape(PAYLOAD_COST).replace("%s", ".+?").replace("%\\.3f", "([0-9.]+)")
+    pattern = re.compile(text)
+    start = datetime.datetime.fromtimestamp(since, datetime.UTC)
+    found: list[float] = []
+    async with get_client() as client:
+        offset = 0
+        while True:
+            page = await client.read_logs(
+                log_filter=LogFilter(timestamp=LogFilterTimestamp(after_=start)),
+                limit=200,
+                offset=offset,
+            )
+            found += [float(m.group(1)) for log in page if (m := pattern.fullmatch(log.message))]
+            if len(page) < 200:
+                return found
+            offset += 200
+
+
 async def flow_run_count() -> int:
     from prefect.client.orchestration import get_client
 
@@ -270,6 +299,7 @@ def main() -> None:
             args.files = max(1, round(rate * args.minutes * 60))
         minutes = (args.files + 0.5) / rate / 60  # the feed sends int(rate * minutes * 60)
         print(f"feeding {args.files} files at {rate:.3f} files/s ({args.pilots} pilots)")
+        feed_start = time.time()
         arrived, ended, where, samples = feed_and_watch(
             settings, files, rate, minutes, args.drain_minutes
         )
@@ -278,6 +308,7 @@ def main() -> None:
         forked = [a - b for a, b in zip(forked_cpu(roots), forked_before, strict=True)]
         requests_after = server_requests(settings, roots)
         runs = asyncio.run(flow_run_count()) - runs_before
+        in_runs = asyncio.run(payload_cpu_in_runs(feed_start))
         load = os.getloadavg()
     finally:
         control.down(settings, lambda line: None)
@@ -345,6 +376,15 @@ def main() -> None:
         f"CPU per file: everything {everything:.2f} s, payloads alone {cpu_per_file:.2f} s, "
         f"orchestration {orchestration:.2f} s = {orchestration / cpu_per_file:.2f}x the payloads'"
     )
+    if in_runs:
+        # The payloads' CPU as the runs measured it, in the same minutes as everything else:
+        # free of the machine's drift between the baseline and the feed.
+        own = sum(in_runs) / n_ended
+        print(
+            f"  beside the payloads' own CPU in the runs ({len(in_runs)} payload runs, "
+            f"{own:.2f} s per file): orchestration {everything - own:.2f} s = "
+            f"{(everything - own) / own:.2f}x"
+        )
     beside = everything - side_by_side
     print(
         f"  beside the payloads {args.pilots} at once ({side_by_side:.2f} s): orchestration "
@@ -391,6 +431,19 @@ def main() -> None:
                         "baseline": side_bound,
                         "baseline_label": "cores / payload CPU-s with the pilots' concurrency",
                     },
+                    *(
+                        [
+                            {
+                                "figure": "orchestration CPU-s per file, beside the payloads' "
+                                "own CPU in the runs",
+                                "value": everything - sum(in_runs) / n_ended,
+                                "baseline": sum(in_runs) / n_ended,
+                                "baseline_label": "payloads' CPU-s per file as the runs logged it",
+                            }
+                        ]
+                        if in_runs
+                        else []
+                    ),
                     {
                         "figure": "API requests per file (the server's count)",
                         "value": requests_per_file,

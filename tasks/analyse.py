@@ -6,13 +6,17 @@ truncated, wrong version, not HDF5) would fail again on the same bytes: it is ne
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from p3s.payloads.runner import run_payload
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+
+#: The payload's cost, logged by every run: payload, file, CPU-s of the payload's thread, wall s.
+PAYLOAD_COST = "payload %s on %s: %.3f CPU-s, %.3f s"
 
 
 @dataclass(frozen=True)
@@ -35,5 +39,10 @@ def analyse(payload: str, raw_file: Path, scratch_dir: Path, n_events: int | Non
         scratch_dir: local folder for the products (``runRRRRRR/SSSS/PAYLOAD`` below it).
         n_events: analyse the first ``n_events`` events only (None: the payload's default).
     """
+    cpu, wall = time.thread_time(), time.perf_counter()
     result, _outdir, paths = run_payload(payload, raw_file, scratch_dir, n_events=n_events)
+    cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
+    # This thread's CPU only (the run's log and event threads excluded): what the payload
+    # costs, for its author and for bench/orchestration.py, which reads this line back.
+    get_run_logger().info(PAYLOAD_COST, payload, raw_file.name, cpu, wall)
     return Analysis(int(result.run), int(result.subrun), result.summary, paths)

@@ -231,6 +231,33 @@ def test_each_run_publishes_one_summary_with_its_page_link_and_the_purity_rows(
     assert float(lifetime_ms) > 0 and int(tracks) > 0
 
 
+def test_each_run_logs_what_its_payload_cost(outcome: Outcome) -> None:
+    """One line per run: the payload's CPU (its thread) and wall seconds, for its author and for
+    bench/orchestration.py."""
+    import re
+
+    from p3s.tasks.analyse import PAYLOAD_COST
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    async def messages(run_id: Any) -> list[str]:
+        async with get_client() as client:
+            logs = await client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id]))
+            )
+        return [log.message for log in logs]
+
+    for payload in PAYLOADS:
+        run = outcome.runs[(DQM_DEPLOYMENTS[payload], GOOD)]
+        pattern = re.escape(PAYLOAD_COST % (payload, GOOD, 0, 0)).replace("0\\.000", "[0-9.]+")
+        deadline = time.monotonic() + 30
+        while not (found := [m for m in asyncio.run(messages(run.id)) if re.fullmatch(pattern, m)]):
+            assert time.monotonic() < deadline, (payload, asyncio.run(messages(run.id)))
+            time.sleep(0.5)  # logs are sent in batches
+        cpu, wall = (float(x) for x in re.findall(r"([0-9.]+) (?:CPU-)?s", found[0]))
+        assert cpu > 0 and wall > 0, found
+
+
 def _finished_events(file_name: str, expected: int) -> list[Any]:
     from prefect.client.orchestration import get_client
     from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
