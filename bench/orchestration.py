@@ -181,36 +181,21 @@ def children_report(run_dir: Path) -> str:
 
 
 def server_requests(settings, roots: dict[str, int]) -> dict[str, int]:
-    """The server's API requests so far, by route (SIGUSR1 has it write them:
-    :mod:`p3s.system.request_counts`)."""
-    import signal
+    """The server's API requests so far, by route (:mod:`p3s.system.request_counts`)."""
+    from p3s.system.request_counts import ask_for_counts
 
-    from p3s.system.request_counts import FILE_NAME, read_counts
-
-    path = settings.prefect_home / FILE_NAME
-    path.unlink(missing_ok=True)
-    os.kill(roots["prefect-server"], signal.SIGUSR1)
-    deadline = time.monotonic() + 30
-    while (counts := read_counts(settings.prefect_home)) is None:
-        if time.monotonic() > deadline:
-            raise SystemExit("the Prefect server wrote no request counts on SIGUSR1")
-        time.sleep(0.05)
-    return counts["routes"]
+    return ask_for_counts(roots["prefect-server"], settings.prefect_home)["routes"]
 
 
 async def payload_cpu_in_runs(since: float) -> list[float]:
     """CPU seconds of each payload run since ``since`` (epoch s), as the runs logged them
     (``tasks/analyse.py``: the payload's own thread, measured while everything else ran)."""
     import datetime
-    import re
 
-    from p3s.tasks.analyse import PAYLOAD_COST
+    from p3s.tasks.analyse import parse_payload_cost
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterTimestamp
 
-    # The logged line's format, its fields made groups: the CPU seconds are the first number.
-    text = re.escape(PAYLOAD_COST).replace("%s", ".+?").replace("%\\.3f", "([0-9.]+)")
-    pattern = re.compile(text)
     start = datetime.datetime.fromtimestamp(since, datetime.UTC)
     found: list[float] = []
     async with get_client() as client:
@@ -221,7 +206,7 @@ async def payload_cpu_in_runs(since: float) -> list[float]:
                 limit=200,
                 offset=offset,
             )
-            found += [float(m.group(1)) for log in page if (m := pattern.fullmatch(log.message))]
+            found += [c.cpu_s for log in page if (c := parse_payload_cost(log.message))]
             if len(page) < 200:
                 return found
             offset += 200
@@ -355,7 +340,6 @@ def main() -> None:
     if args.detail:
         for route, n in sorted(requests.items(), key=lambda kv: -kv[1]):
             print(f"    {n / n_ended:6.2f} per file  {route}")
-    if args.detail:
         zero = (0.0, 0.0, 0.0, 0.0)
         deltas = {
             k: [a - b for a, b in zip(v, detail_before.get(k, zero), strict=True)]
@@ -376,10 +360,10 @@ def main() -> None:
         f"CPU per file: everything {everything:.2f} s, payloads alone {cpu_per_file:.2f} s, "
         f"orchestration {orchestration:.2f} s = {orchestration / cpu_per_file:.2f}x the payloads'"
     )
-    if in_runs:
-        # The payloads' CPU as the runs measured it, in the same minutes as everything else:
-        # free of the machine's drift between the baseline and the feed.
-        own = sum(in_runs) / n_ended
+    # The payloads' CPU as the runs measured it, in the same minutes as everything else: free
+    # of the machine's drift between the baseline and the feed.
+    own = sum(in_runs) / n_ended if in_runs else None
+    if own:
         print(
             f"  beside the payloads' own CPU in the runs ({len(in_runs)} payload runs, "
             f"{own:.2f} s per file): orchestration {everything - own:.2f} s = "
@@ -436,12 +420,12 @@ def main() -> None:
                             {
                                 "figure": "orchestration CPU-s per file, beside the payloads' "
                                 "own CPU in the runs",
-                                "value": everything - sum(in_runs) / n_ended,
-                                "baseline": sum(in_runs) / n_ended,
+                                "value": everything - own,
+                                "baseline": own,
                                 "baseline_label": "payloads' CPU-s per file as the runs logged it",
                             }
                         ]
-                        if in_runs
+                        if own
                         else []
                     ),
                     {

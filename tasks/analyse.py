@@ -6,10 +6,11 @@ truncated, wrong version, not HDF5) would fail again on the same bytes: it is ne
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from p3s.payloads.runner import run_payload
 from prefect import get_run_logger, task
@@ -17,6 +18,23 @@ from prefect.cache_policies import NO_CACHE
 
 #: The payload's cost, logged by every run: payload, file, CPU-s of the payload's thread, wall s.
 PAYLOAD_COST = "payload %s on %s: %.3f CPU-s, %.3f s"
+_PAYLOAD_COST = re.compile(r"payload (\S+) on (\S+): ([0-9.]+) CPU-s, ([0-9.]+) s")
+
+
+class PayloadCost(NamedTuple):
+    """A run's :data:`PAYLOAD_COST` line read back."""
+
+    payload: str
+    file_name: str
+    cpu_s: float
+    wall_s: float
+
+
+def parse_payload_cost(message: str) -> PayloadCost | None:
+    """The cost in a :data:`PAYLOAD_COST` log line; None for any other message."""
+    if not (m := _PAYLOAD_COST.fullmatch(message)):
+        return None
+    return PayloadCost(m[1], m[2], float(m[3]), float(m[4]))
 
 
 @dataclass(frozen=True)

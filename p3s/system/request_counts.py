@@ -17,6 +17,7 @@ import json
 import os
 import re
 import signal
+import time
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -76,6 +77,19 @@ def read_counts(home: Path) -> dict[str, Any] | None:
     """The counts last written under a Prefect home, or None if none were."""
     path = Path(home) / FILE_NAME
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def ask_for_counts(server_pid: int, home: Path, timeout_s: float = 30.0) -> dict[str, Any]:
+    """Have the server (``server_pid``, Prefect home ``home``) write its counts now, and read
+    them; TimeoutError if it wrote none within ``timeout_s``."""
+    (Path(home) / FILE_NAME).unlink(missing_ok=True)
+    os.kill(server_pid, signal.SIGUSR1)
+    deadline = time.monotonic() + timeout_s
+    while (counts := read_counts(home)) is None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the Prefect server (pid {server_pid}) wrote no request counts")
+        time.sleep(0.05)
+    return counts
 
 
 def count_requests() -> None:

@@ -234,9 +234,7 @@ def test_each_run_publishes_one_summary_with_its_page_link_and_the_purity_rows(
 def test_each_run_logs_what_its_payload_cost(outcome: Outcome) -> None:
     """One line per run: the payload's CPU (its thread) and wall seconds, for its author and for
     bench/orchestration.py."""
-    import re
-
-    from p3s.tasks.analyse import PAYLOAD_COST
+    from p3s.tasks.analyse import PAYLOAD_COST, parse_payload_cost
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
@@ -247,15 +245,18 @@ def test_each_run_logs_what_its_payload_cost(outcome: Outcome) -> None:
             )
         return [log.message for log in logs]
 
+    assert parse_payload_cost(PAYLOAD_COST % ("beam", GOOD, 1.5, 2.25)) == ("beam", GOOD, 1.5, 2.25)
     for payload in PAYLOADS:
         run = outcome.runs[(DQM_DEPLOYMENTS[payload], GOOD)]
-        pattern = re.escape(PAYLOAD_COST % (payload, GOOD, 0, 0)).replace("0\\.000", "[0-9.]+")
         deadline = time.monotonic() + 30
-        while not (found := [m for m in asyncio.run(messages(run.id)) if re.fullmatch(pattern, m)]):
+        while not (
+            found := [c for m in asyncio.run(messages(run.id)) if (c := parse_payload_cost(m))]
+        ):
             assert time.monotonic() < deadline, (payload, asyncio.run(messages(run.id)))
             time.sleep(0.5)  # logs are sent in batches
-        cpu, wall = (float(x) for x in re.findall(r"([0-9.]+) (?:CPU-)?s", found[0]))
-        assert cpu > 0 and wall > 0, found
+        (cost,) = found
+        assert (cost.payload, cost.file_name) == (payload, GOOD), cost
+        assert cost.cpu_s > 0 and cost.wall_s > 0, cost
 
 
 def _finished_events(file_name: str, expected: int) -> list[Any]:

@@ -3,14 +3,11 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import time
 import uuid
 
 import httpx
 
-from p3s.system.request_counts import read_counts
+from p3s.system.request_counts import ask_for_counts
 
 
 def test_the_server_counts_its_requests_by_route(stack) -> None:
@@ -23,13 +20,7 @@ def test_the_server_counts_its_requests_by_route(stack) -> None:
     unknown = [uuid.uuid4() for _ in range(3)]
 
     def counts_now() -> dict:
-        (home / "server-requests.json").unlink(missing_ok=True)
-        os.kill(process.pid, signal.SIGUSR1)
-        deadline = time.monotonic() + 10
-        while (found := read_counts(home)) is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert found is not None, "the server wrote no counts on SIGUSR1"
-        return found
+        return ask_for_counts(process.pid, home, timeout_s=10)
 
     before = counts_now()
     with httpx.Client(base_url=stack.api_url, timeout=30) as client:
