@@ -79,6 +79,7 @@ def p3s_job(job: P3SJob) -> State[Any]:
         log_dir=settings.job_logs / run_id,
         logger=logger,
         kill_grace_s=settings.kill_grace_seconds,
+        stop_settle_s=settings.stop_settle_seconds,
     )
     create_table_artifact(
         [{"name": job.name, "jobtype": job.jobtype, **outcome.as_record()}],

@@ -84,6 +84,7 @@ def run_node(node_id: str, node: NodeJob, workflow_run_id: str) -> State[Any]:
         log_dir=settings.job_logs / workflow_run_id / node_id,
         logger=logger,
         kill_grace_s=settings.kill_grace_seconds,
+        stop_settle_s=settings.stop_settle_seconds,
     )
     state = final_state(job, outcome)
     if state.is_completed():

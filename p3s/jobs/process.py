@@ -31,6 +31,9 @@ MAX_LOGGED_LINES = 5000
 
 _PR_SET_PDEATHSIG = 1
 
+#: Signals with which a batch system ends a job (scancel, eviction, walltime, OOM kill).
+BATCH_STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGKILL, signal.SIGINT, signal.SIGHUP})
+
 
 class PayloadWatch(Protocol):
     """Told of each payload of the current run (a pilot's shared engine: it stops them when
@@ -98,6 +101,27 @@ def stop_process_group(proc: subprocess.Popen[bytes], grace_s: float) -> None:
     proc.wait()
 
 
+def _settle_outside_stop(returncode: int, settle_s: float, logger: logging.Logger) -> None:
+    """Hold back the outcome of a payload ended by a stop signal that p3s did not send.
+
+    A batch system ends a pilot's job (scancel, eviction) by signalling all its processes in
+    turn: the payload may die first, and reporting its exit code then would fail the run for
+    good. If this process is being ended too, its own handler exits within ``settle_s``
+    seconds (the run, with no final state, goes again on another pilot); if not, the
+    payload's death was its own (an OOM kill, an operator's ``kill``) and is reported.
+    """
+    if settle_s <= 0 or -returncode not in BATCH_STOP_SIGNALS:
+        return
+    name = signal.Signals(-returncode).name
+    logger.warning(
+        "payload ended by %s from outside p3s: its exit code is held %.0f s "
+        "in case the batch system is ending this pilot",
+        name,
+        settle_s,
+    )
+    time.sleep(settle_s)
+
+
 def execute_payload(
     command: Command,
     env: Mapping[str, str],
@@ -106,6 +130,7 @@ def execute_payload(
     log_dir: Path,
     logger: logging.Logger,
     kill_grace_s: float = 5.0,
+    stop_settle_s: float = 0.0,
     cwd: Path | None = None,
 ) -> PayloadOutcome:
     """Run a vetted command to completion or to its time limit.
@@ -117,6 +142,8 @@ def execute_payload(
         log_dir: receives ``stdout.log`` and ``stderr.log``.
         logger: each output line is logged here (stdout at INFO, stderr at WARNING).
         kill_grace_s: seconds between SIGTERM and SIGKILL at the time limit.
+        stop_settle_s: how long to hold the outcome of a payload that a stop signal from
+            outside ended (see :func:`_settle_outside_stop`).
     """
     log_dir.mkdir(parents=True, exist_ok=True)
     stdout_path, stderr_path = log_dir / "stdout.log", log_dir / "stderr.log"
@@ -164,6 +191,8 @@ def execute_payload(
                 pump.join(timeout=10)
     if watch is not None:
         watch.ended(proc)
+    if not timed_out:
+        _settle_outside_stop(proc.returncode, stop_settle_s, logger)
     return PayloadOutcome(
         exit_code=proc.returncode,
         timed_out=timed_out,

@@ -382,6 +382,13 @@ class Settings(BaseSettings):
     kill_grace_seconds: float = Field(
         5.0, description="Time between SIGTERM and SIGKILL when a payload exceeds its limit (s)."
     )
+    stop_settle_seconds: float = Field(
+        3.0,
+        ge=0,
+        description="How long a payload ended by SIGTERM, SIGKILL, SIGINT or SIGHUP from outside "
+        "p3s holds its run's outcome (s): when the batch system ends the pilot's job too, the "
+        "run goes again elsewhere instead of failing with the payload's signal.",
+    )
     server: ServerSettings = Field(default_factory=ServerSettings)
     pool: PoolSettings = Field(default_factory=PoolSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)

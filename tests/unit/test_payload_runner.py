@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -67,3 +68,27 @@ def test_time_limit_terminates_then_kills_the_group(logger: logging.Logger, tmp_
     assert out.timed_out and out.errcode == TIMELIMIT_ERRCODE
     assert not psutil.pid_exists(int(pid_file.read_text()))
     assert any("time limit of 1 s" in line for line in lines(logger))
+
+
+@pytest.mark.parametrize("name", ["TERM", "KILL"])
+def test_a_payload_stopped_from_outside_holds_then_reports_its_signal(
+    name: str, logger: logging.Logger, tmp_path: Path
+) -> None:
+    cmd = resolve_command(f"{SCRIPTS}/signal_self.sh {name}", {}, roots=[SCRIPTS])
+    out = execute_payload(
+        cmd, dict(os.environ), timeout_s=20, log_dir=tmp_path, logger=logger, stop_settle_s=0.2
+    )
+    # Nothing ended this process meanwhile: the payload's own death is its outcome.
+    assert out.exit_code == -getattr(signal, f"SIG{name}") and not out.timed_out
+    assert any(f"payload ended by SIG{name} from outside p3s" in ln for ln in lines(logger))
+
+
+def test_a_payload_that_fails_is_reported_without_holding(
+    logger: logging.Logger, tmp_path: Path
+) -> None:
+    cmd = resolve_command(f"{SCRIPTS}/exit_with.sh 3", {}, roots=[SCRIPTS])
+    out = execute_payload(
+        cmd, dict(os.environ), timeout_s=20, log_dir=tmp_path, logger=logger, stop_settle_s=30
+    )
+    assert out.exit_code == 3
+    assert not any("from outside p3s" in ln for ln in lines(logger))
