@@ -103,3 +103,47 @@ class Sampler:
             f"CPU mean {statistics.mean(self.cpu):.0f} % of a core "
             f"(max {max(self.cpu):.0f} %), RSS max {max(self.rss):.0f} MiB"
         )
+
+
+def tree_cpu(roots: dict[str, int]) -> dict[str, float]:
+    """CPU seconds (user + system) of each root process and all its descendants, alive or
+    ended and reaped (a reaped child's time is in its parent's ``children_*`` times)."""
+    import psutil
+
+    found: dict[str, float] = {}
+    for name, pid in roots.items():
+        try:
+            root = psutil.Process(pid)
+            tree = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+        total = 0.0
+        for proc in tree:
+            try:
+                t = proc.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += t.user + t.system + t.children_user + t.children_system
+        found[name] = total
+    return found
+
+
+def postgres_cpu() -> float:
+    """CPU seconds (user + system) of this host's PostgreSQL processes, alive now."""
+    import psutil
+
+    total = 0.0
+    for proc in psutil.process_iter(["name"]):
+        if proc.info["name"] in ("postgres", "postmaster"):
+            try:
+                t = proc.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += t.user + t.system
+    return total
+
+
+def own_cpu() -> float:
+    """CPU seconds of this process and its children that have ended (and been waited for)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system

@@ -41,6 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchlib import tree_cpu
 from inbox_load import embedded_system_env, feed_and_watch, simulate_files
 
 #: Requests of Prefect's own empty flow run, created and run in-process (counted against the
@@ -75,29 +76,6 @@ def payload_cpu_side_by_side(files: list[Path], outbox: Path, processes: int) ->
     with ProcessPoolExecutor(processes, mp_context=get_context("spawn")) as pool:
         jobs = [pool.submit(payload_cpu_of, files, outbox / str(i)) for i in range(processes)]
         return statistics.mean(c for job in jobs for c in job.result())
-
-
-def tree_cpu(roots: dict[str, int]) -> dict[str, float]:
-    """CPU seconds (user + system) of each root process and all its descendants, alive or
-    ended and reaped (a reaped child's time is in its parent's ``children_*`` times)."""
-    import psutil
-
-    found: dict[str, float] = {}
-    for name, pid in roots.items():
-        try:
-            root = psutil.Process(pid)
-            tree = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            continue
-        total = 0.0
-        for proc in tree:
-            try:
-                t = proc.cpu_times()
-            except psutil.NoSuchProcess:
-                continue
-            total += t.user + t.system + t.children_user + t.children_system
-        found[name] = total
-    return found
 
 
 def process_cpu(roots: dict[str, int]) -> dict[tuple[int, str], tuple[float, ...]]:

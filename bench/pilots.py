@@ -9,7 +9,11 @@ same run:
   worker and to a warm pilot: submit -> payload start, p50 and p95;
 * throughput with 4 pilots: N trivial jobs at once, jobs/s until the last one finishes;
 * a queue of 1000 jobs with as many pilots as asked for (``--many-pilots``), with the Prefect
-  server's CPU (percent of one core) and resident memory sampled with psutil meanwhile.
+  server's CPU (percent of one core) and resident memory sampled with psutil meanwhile;
+* where the CPU goes, per job of the 4-pilot throughput and per run of Prefect's ceiling: the
+  server, the database (PostgreSQL's processes), the pilot worker with its pilots, and this
+  process with its clients: the server's CPU per job beside its CPU per empty run says how
+  much of the gap to the ceiling is the server's work.
 
 Run: ``.venv/bin/python bench/pilots.py [--latency-jobs 30] [--throughput-jobs 200]
 [--queue-jobs 1000] [--many-pilots 8]``
@@ -20,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import sys
 import tempfile
@@ -28,7 +31,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchlib import Sampler, baseline, free_port, pct, pg, wait_started
+from benchlib import (
+    Sampler,
+    baseline,
+    free_port,
+    own_cpu,
+    pct,
+    pg,
+    postgres_cpu,
+    tree_cpu,
+    wait_started,
+)
 
 PAYLOAD = """#!/bin/sh
 date +%s.%N > "$P3S_BENCH_DIR/$P3S_JOB_UUID"
@@ -67,14 +80,11 @@ def _empty_runs(n: int, out: Any) -> None:
     from p3s.pilots.execute import skip_engine_waits
 
     skip_engine_waits()  # as in a pilot's child
-    # Quiet on the console; the logs still go to the API, as a pilot child's do.
-    from prefect.logging.handlers import PrefectConsoleHandler
-
-    for name in ("prefect.flow_runs", "prefect.task_runs", "prefect"):
-        logger = logging.getLogger(name)
-        for handler in list(logger.handlers):
-            if isinstance(handler, PrefectConsoleHandler):
-                logger.removeHandler(handler)
+    # Quiet on the console (Prefect attaches its console handler at the first run); the logs
+    # still go to the API, as a pilot child's do.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
 
     @flow(name="bench-empty", persist_result=False)
     def empty() -> None:
@@ -102,6 +112,33 @@ def prefect_ceiling(n_procs: int, n: int) -> float:
     for proc in procs:
         proc.join()
     return done / (time.perf_counter() - t0)
+
+
+class CpuSplit:
+    """CPU seconds spent by each part of the system between enter and exit."""
+
+    def __init__(self, roots: dict[str, int], postgres: bool) -> None:
+        self.roots, self.postgres = roots, postgres
+        self.spent: dict[str, float] = {}
+
+    def _now(self) -> dict[str, float]:
+        now = tree_cpu(self.roots)
+        now["this process and its clients"] = own_cpu()
+        if self.postgres:
+            now["database"] = postgres_cpu()
+        return now
+
+    def __enter__(self) -> CpuSplit:
+        self._start = self._now()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        end = self._now()
+        self.spent = {k: end[k] - self._start[k] for k in end if k in self._start}
+
+    def per(self, n: int) -> str:
+        parts = ", ".join(f"{k} {v / n:.3f}" for k, v in self.spent.items())
+        return f"CPU-s each: {parts}; total {sum(self.spent.values()) / n:.3f}"
 
 
 def wait_pilots(settings, pool: str, n: int, timeout_s: float = 300) -> None:
@@ -224,23 +261,35 @@ def main() -> None:
             f"(process worker / pilot p50: {pct(proc_lat, 0.5) / p50:.1f}x)"
         )
         rates: dict[str, float] = {}
+        server_per_job: dict[str, float] = {}
         for engine in engines:
             if engine != engines[0]:
                 control.pilot_worker_process(pilots).stop()
                 pilots = start_pilots(control, base_env, 4, 4, engine)
-            with Sampler(server_pid) as sampler:
+            roots = {
+                "server": server_pid,
+                "pilot worker and pilots": control.pilot_worker_process(pilots).process().pid,
+            }
+            with Sampler(server_pid) as sampler, CpuSplit(roots, args.postgres) as split:
                 rate, ok = asyncio.run(throughput(job, args.throughput_jobs, pilot_deployment))
             print(
                 f"4 pilots ({engine} engine), {args.throughput_jobs} trivial jobs at once: "
                 f"{rate:.2f} jobs/s ({ok} completed; bare loop {base_rate:.1f} jobs/s); "
-                f"server {sampler.summary()}"
+                f"server {sampler.summary()}; {split.per(args.throughput_jobs)}"
             )
             rates[engine] = rate
-        with Sampler(server_pid) as sampler:
-            ceiling = prefect_ceiling(4, max(10, args.throughput_jobs // 4))
+            server_per_job[engine] = split.spent["server"] / args.throughput_jobs
+        per_client = max(10, args.throughput_jobs // 4)
+        with (
+            Sampler(server_pid) as sampler,
+            CpuSplit({"server": server_pid}, args.postgres) as split,
+        ):
+            ceiling = prefect_ceiling(4, per_client)
+        server_per_run = split.spent["server"] / (4 * per_client)
         print(
             f"Prefect's ceiling here: empty flow runs created and run in-process by 4 "
-            f"clients: {ceiling:.2f} runs/s; server {sampler.summary()} (4 pilots reach "
+            f"clients: {ceiling:.2f} runs/s; server {sampler.summary()}; "
+            f"{split.per(4 * per_client)} (4 pilots reach "
             + ", ".join(f"{rates[e] / ceiling:.0%} of it with the {e} engine" for e in engines)
             + ")"
         )
@@ -268,6 +317,16 @@ def main() -> None:
                 "baseline_label": "Prefect ceiling: empty in-process runs, 4 clients",
             }
             for engine, rate in rates.items()
+        ]
+        figures += [
+            {
+                "figure": "server CPU-s per trivial job on 4 pilots"
+                + ("" if engine == "fork" else f", {engine} engine"),
+                "value": cpu_s,
+                "baseline": server_per_run,
+                "baseline_label": "per empty in-process run (Prefect's ceiling)",
+            }
+            for engine, cpu_s in server_per_job.items()
         ]
         if args.queue_jobs > 0:
             control.pilot_worker_process(pilots).stop()
