@@ -37,7 +37,14 @@ def lines(logger: logging.Logger) -> list[str]:
     return logger.handlers[0].lines  # type: ignore[attr-defined]
 
 
-def run(payload: str, logger: logging.Logger, tmp_path: Path, timeout: float = 20, **env: str):
+def run(
+    payload: str,
+    logger: logging.Logger,
+    tmp_path: Path,
+    timeout: float = 20,
+    settle: float = 0.0,
+    **env: str,
+):
     cmd = resolve_command(payload, env, roots=[SCRIPTS])
     return execute_payload(
         cmd,
@@ -46,6 +53,7 @@ def run(payload: str, logger: logging.Logger, tmp_path: Path, timeout: float = 2
         log_dir=tmp_path,
         logger=logger,
         kill_grace_s=0.5,
+        stop_settle_s=settle,
     )
 
 
@@ -74,10 +82,7 @@ def test_time_limit_terminates_then_kills_the_group(logger: logging.Logger, tmp_
 def test_a_payload_stopped_from_outside_holds_then_reports_its_signal(
     name: str, logger: logging.Logger, tmp_path: Path
 ) -> None:
-    cmd = resolve_command(f"{SCRIPTS}/signal_self.sh {name}", {}, roots=[SCRIPTS])
-    out = execute_payload(
-        cmd, dict(os.environ), timeout_s=20, log_dir=tmp_path, logger=logger, stop_settle_s=0.2
-    )
+    out = run(f"{SCRIPTS}/signal_self.sh {name}", logger, tmp_path, settle=0.2)
     # Nothing ended this process meanwhile: the payload's own death is its outcome.
     assert out.exit_code == -getattr(signal, f"SIG{name}") and not out.timed_out
     assert any(f"payload ended by SIG{name} from outside p3s" in ln for ln in lines(logger))
@@ -86,9 +91,6 @@ def test_a_payload_stopped_from_outside_holds_then_reports_its_signal(
 def test_a_payload_that_fails_is_reported_without_holding(
     logger: logging.Logger, tmp_path: Path
 ) -> None:
-    cmd = resolve_command(f"{SCRIPTS}/exit_with.sh 3", {}, roots=[SCRIPTS])
-    out = execute_payload(
-        cmd, dict(os.environ), timeout_s=20, log_dir=tmp_path, logger=logger, stop_settle_s=30
-    )
+    out = run(f"{SCRIPTS}/exit_with.sh 3", logger, tmp_path, settle=30)
     assert out.exit_code == 3
     assert not any("from outside p3s" in ln for ln in lines(logger))
