@@ -12,6 +12,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from p3s.system.ports import free_port  # noqa: F401  (re-exported for the benchmarks)
 
@@ -103,6 +104,83 @@ class Sampler:
             f"CPU mean {statistics.mean(self.cpu):.0f} % of a core "
             f"(max {max(self.cpu):.0f} %), RSS max {max(self.rss):.0f} MiB"
         )
+
+
+def shaped_runs(
+    n: int, tasks: int, deployment: bool, out: Any, go: Any = None, pool: str = ""
+) -> None:
+    """Prefect's own flow runs, for its floor and ceiling: run in a forked child, it makes
+    ``n`` flow runs of ``tasks`` tasks that do nothing, run in-process one after another with
+    the pilots' engine patches. Created directly, or (``deployment``) from a deployment in a
+    pool of their own (``pool``), fetched and claimed (``Pending``) as a worker does. With
+    ``go``, three runs first (the flow's registration, the connections), then ``None`` on
+    ``out`` and a wait for ``go``. Puts its CPU seconds for the ``n`` runs on ``out``."""
+    from prefect import flow, task
+    from prefect.cache_policies import NO_CACHE
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.events.worker import EventsWorker
+    from prefect.flow_engine import run_flow
+    from prefect.logging.handlers import APILogWorker
+    from prefect.states import Pending
+
+    from p3s.pilots.run_process import skip_engine_waits
+
+    skip_engine_waits()  # as in a pilot's child
+    # Quiet on the console (Prefect attaches its console handler at the first run); the logs
+    # still go to the API, as a pilot child's do.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+
+    @task(persist_result=False, cache_policy=NO_CACHE)
+    def step(i: int) -> int:
+        return i
+
+    @flow(name=f"bench-{tasks}-tasks", persist_result=False)
+    def shaped() -> None:
+        for i in range(tasks):
+            step(i)
+
+    pool = pool or f"bench-{tasks}-tasks"
+
+    def one_run(client: Any, deployment_id: Any) -> Any:
+        if deployment_id is None:
+            return client.create_flow_run(shaped)
+        client.create_flow_run_from_deployment(deployment_id)
+        (fetched,) = client.get_scheduled_flow_runs_for_work_pool(pool)
+        client.set_flow_run_state(fetched.flow_run.id, Pending())
+        return fetched.flow_run
+
+    def runs(client: Any, deployment_id: Any, k: int) -> None:
+        for _ in range(k):
+            run_flow(shaped, flow_run=one_run(client, deployment_id), return_type="state")
+
+    def drain() -> None:
+        # A multiprocessing child ends with os._exit: Prefect's at-exit drains would not run.
+        EventsWorker.drain_all()
+        APILogWorker.drain_all()
+
+    with get_client(sync_client=True) as client:
+        deployment_id = None
+        if deployment:
+            client.create_work_pool(WorkPoolCreate(name=pool, type="process"), overwrite=True)
+            deployment_id = client.create_deployment(
+                flow_id=client.create_flow_from_name(shaped.name),
+                name="bench",
+                work_pool_name=pool,
+                parameter_openapi_schema={"type": "object", "properties": {}},
+            )
+        if go is not None:
+            runs(client, deployment_id, 3)
+            drain()
+            out.put(None)
+            go.wait()
+        c0 = time.process_time()
+        runs(client, deployment_id, n)
+        spent = time.process_time() - c0
+        out.put(spent)
+        drain()  # after the count: a ceiling's rate is its runs'; its server CPU has them all
 
 
 def tree_cpu(roots: dict[str, int]) -> dict[str, float]:

@@ -41,12 +41,57 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import tree_cpu
+from benchlib import shaped_runs, tree_cpu
 from inbox_load import embedded_system_env, feed_and_watch, simulate_files
 
 #: Requests of Prefect's own empty flow run, created and run in-process (counted against the
 #: real server by tests/integration/test_api_requests.py).
 PREFECT_RUN_REQUESTS = 13
+
+#: Tasks of a DQM run (flows/dqm.py): stage-in, payload, stage-out, quality, file-lifecycle,
+#: replicate. Prefect's floor below is measured for runs of this shape.
+DQM_TASKS = 6
+
+#: Prefect's floor is measured for these shapes: (tasks per run, created from a deployment).
+FLOOR_SHAPES = ((DQM_TASKS, True), (0, True), (DQM_TASKS, False), (0, False))
+
+
+def floor_label(tasks: int, deployment: bool) -> str:
+    made = "from a deployment, claimed from a pool" if deployment else "created directly"
+    return f"runs of {tasks} empty tasks, {made}, in-process"
+
+
+def prefect_floor(server_pid: int, n: int, tasks: int, deployment: bool) -> tuple[float, float]:
+    """Prefect's own CPU seconds per flow run of ``tasks`` empty tasks on this server: the
+    server's beyond its idle rate, and the client's (its engine, in-process; no pilot, payload,
+    log line, artifact or event of p3s). What any run of that shape costs here; with
+    ``deployment``, any run created from a deployment and claimed from a work pool."""
+    import multiprocessing
+
+    def server_cpu() -> float:
+        return tree_cpu({"server": server_pid})["server"]
+
+    ctx = multiprocessing.get_context("fork")
+    out, go = ctx.Queue(), ctx.Event()
+    child = ctx.Process(target=shaped_runs, args=(n, tasks, deployment, out, go))
+    child.start()
+    out.get(timeout=300)  # its warm-up done
+    time.sleep(_SERVER_FLUSH_S)
+    s0, t0 = server_cpu(), time.monotonic()
+    time.sleep(10)
+    idle = (server_cpu() - s0) / (time.monotonic() - t0)
+    s0, t0 = server_cpu(), time.monotonic()
+    go.set()
+    client = out.get(timeout=600)
+    child.join()
+    time.sleep(_SERVER_FLUSH_S)  # the events and task-run states still in the server's batches
+    server = server_cpu() - s0 - idle * (time.monotonic() - t0)
+    return server / n, client / n
+
+
+#: Seconds after which the server has stored what it was sent: its event persister flushes
+#: every 5 s, the task-run recorder every 1 s.
+_SERVER_FLUSH_S = 7.0
 
 
 def payload_cpu(path: Path, outbox: Path) -> tuple[float, float]:
@@ -212,6 +257,12 @@ def main() -> None:
     parser.add_argument("--drain-minutes", type=float, default=10.0)
     parser.add_argument("--detail", action="store_true", help="CPU per process of the trees")
     parser.add_argument(
+        "--floor-runs",
+        type=int,
+        default=30,
+        help="runs of Prefect's floor for each shape, after the drain (0: not measured)",
+    )
+    parser.add_argument(
         "--reuse-runs", type=int, help="runs per flow-run child (P3S_PILOTS__REUSE_RUNS)"
     )
     args = parser.parse_args()
@@ -273,6 +324,11 @@ def main() -> None:
         runs = asyncio.run(flow_run_count()) - runs_before
         in_runs = asyncio.run(payload_cpu_in_runs(feed_start))
         load = os.getloadavg()
+        floors = {}
+        if args.floor_runs:
+            print(f"Prefect's floor: {args.floor_runs} runs of each shape, in-process")
+            for shape in FLOOR_SHAPES:
+                floors[shape] = prefect_floor(roots["prefect-server"], args.floor_runs, *shape)
     finally:
         control.down(settings, lambda line: None)
 
@@ -352,6 +408,17 @@ def main() -> None:
         f"  beside the payloads {args.pilots} at once ({side_by_side:.2f} s): orchestration "
         f"{beside:.2f} s = {beside / side_by_side:.2f}x"
     )
+    # What Prefect itself spends on four runs of the DQM runs' shape, beside the same payloads:
+    # the least any Prefect flow run per payload can cost here.
+    for shape, (server, client) in floors.items():
+        per_file = 4 * (server + client)
+        print(
+            f"Prefect's floor, 4 {floor_label(*shape)}: {per_file:.2f} CPU-s per file "
+            f"(server {4 * server:.2f}, engine in-process {4 * client:.2f}) = "
+            f"{per_file / cpu_per_file:.2f}x the payloads'; p3s's orchestration is "
+            f"{orchestration / per_file:.2f}x it; at this floor the cores would sustain at most "
+            f"{cpu_per_file / (cpu_per_file + per_file):.2f}x the payload-only bound"
+        )
     print(
         f"sustained {sustained:.3f} files/s = {sustained / bound:.2f}x the payload-only bound "
         f"({bound:.3f}), {sustained / side_bound:.2f}x the bound of {args.pilots} at once "
@@ -412,6 +479,15 @@ def main() -> None:
                         "baseline": PREFECT_RUN_REQUESTS * runs / n_ended,
                         "baseline_label": "Prefect's own requests for as many empty runs",
                     },
+                    *(
+                        {
+                            "figure": f"Prefect's floor CPU-s per file: 4 {floor_label(*shape)}",
+                            "value": 4 * sum(floors[shape]),
+                            "baseline": cpu_per_file,
+                            "baseline_label": "payloads' CPU-s per file, in-process",
+                        }
+                        for shape in floors
+                    ),
                     {
                         "figure": "flow runs per file",
                         "value": runs / n_ended,

@@ -29,7 +29,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from benchlib import (
     Sampler,
@@ -39,6 +38,7 @@ from benchlib import (
     pct,
     pg,
     postgres_cpu,
+    shaped_runs,
     tree_cpu,
     wait_started,
 )
@@ -71,47 +71,33 @@ async def throughput(job, n: int, deployment: str) -> tuple[float, int]:
     return n / (time.time() - t0), sum(r.state.type.value == "COMPLETED" for r in done)
 
 
-def _empty_runs(n: int, out: Any) -> None:
-    """Child of :func:`prefect_ceiling`: ``n`` empty flow runs, created and run in-process."""
-    from prefect import flow
-    from prefect.client.orchestration import get_client
-    from prefect.flow_engine import run_flow
-
-    from p3s.pilots.execute import skip_engine_waits
-
-    skip_engine_waits()  # as in a pilot's child
-    # Quiet on the console (Prefect attaches its console handler at the first run); the logs
-    # still go to the API, as a pilot child's do.
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)
-    os.dup2(devnull, 2)
-
-    @flow(name="bench-empty", persist_result=False)
-    def empty() -> None:
-        return None
-
-    with get_client(sync_client=True) as client:
-        for _ in range(n):
-            run_flow(empty, flow_run=client.create_flow_run(empty), return_type="state")
-    out.put(n)
-
-
-def prefect_ceiling(n_procs: int, n: int) -> float:
+def prefect_ceiling(n_procs: int, n: int, deployment: bool = False) -> float:
     """Empty flow runs per second that this server takes from ``n_procs`` client processes,
     each creating and running its runs in-process one after another: what Prefect's own
-    per-run work (API calls, states, events) allows here, with no worker, pilot or payload."""
+    per-run work (API calls, states, events) allows here, with no worker, pilot or payload.
+    With ``deployment``, each client creates its runs from a deployment in a pool of its own,
+    fetches and claims them as a worker does: the least any worker's run costs."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("fork")
     out = ctx.Queue()
-    procs = [ctx.Process(target=_empty_runs, args=(n, out)) for _ in range(n_procs)]
+    procs = [
+        ctx.Process(
+            target=shaped_runs,
+            args=(n, 0, deployment, out),
+            kwargs={"pool": f"bench-ceiling-{i}"},
+        )
+        for i in range(n_procs)
+    ]
     t0 = time.perf_counter()
     for proc in procs:
         proc.start()
-    done = sum(out.get(timeout=600) for _ in procs)
+    for _ in procs:
+        out.get(timeout=600)
+    elapsed = time.perf_counter() - t0
     for proc in procs:
         proc.join()
-    return done / (time.perf_counter() - t0)
+    return n_procs * n / elapsed
 
 
 class CpuSplit:
@@ -293,6 +279,18 @@ def main() -> None:
             + ", ".join(f"{rates[e] / ceiling:.0%} of it with the {e} engine" for e in engines)
             + ")"
         )
+        # The same empty runs, created from deployments and claimed from pools as any worker
+        # takes its runs: what the deployment and work-pool path alone leaves of the ceiling.
+        with CpuSplit({"server": server_pid}, args.postgres) as split:
+            worker_ceiling = prefect_ceiling(4, per_client, deployment=True)
+        print(
+            f"Prefect's ceiling for deployment runs: empty runs created from a deployment, "
+            f"fetched and claimed from a pool, run in-process by 4 clients: "
+            f"{worker_ceiling:.2f} runs/s = {worker_ceiling / ceiling:.2f}x the ceiling; "
+            f"{split.per(4 * per_client)} (4 pilots reach "
+            + ", ".join(f"{rates[e] / worker_ceiling:.0%} of it with {e}" for e in engines)
+            + ")"
+        )
 
         figures = [
             {
@@ -317,6 +315,14 @@ def main() -> None:
                 "baseline_label": "Prefect ceiling: empty in-process runs, 4 clients",
             }
             for engine, rate in rates.items()
+        ]
+        figures += [
+            {
+                "figure": "Prefect's ceiling for deployment runs, 4 clients (runs/s)",
+                "value": worker_ceiling,
+                "baseline": ceiling,
+                "baseline_label": "Prefect ceiling: empty in-process runs, 4 clients",
+            }
         ]
         figures += [
             {
