@@ -161,26 +161,38 @@ def shaped_runs(
         EventsWorker.drain_all()
         APILogWorker.drain_all()
 
-    with get_client(sync_client=True) as client:
-        deployment_id = None
-        if deployment:
-            client.create_work_pool(WorkPoolCreate(name=pool, type="process"), overwrite=True)
-            deployment_id = client.create_deployment(
-                flow_id=client.create_flow_from_name(shaped.name),
-                name="bench",
-                work_pool_name=pool,
-                parameter_openapi_schema={"type": "object", "properties": {}},
-            )
-        if go is not None:
-            runs(client, deployment_id, 3)
-            drain()
-            out.put(None)
-            go.wait()
-        c0 = time.process_time()
-        runs(client, deployment_id, n)
-        spent = time.process_time() - c0
-        out.put(spent)
-        drain()  # after the count: a ceiling's rate is its runs'; its server CPU has them all
+    try:
+        with get_client(sync_client=True) as client:
+            deployment_id = None
+            if deployment:
+                client.create_work_pool(WorkPoolCreate(name=pool, type="process"), overwrite=True)
+                deployment_id = client.create_deployment(
+                    flow_id=client.create_flow_from_name(shaped.name),
+                    name=pool,  # one per pool: a deployment's name is unique per flow
+                    work_pool_name=pool,
+                    parameter_openapi_schema={"type": "object", "properties": {}},
+                )
+            if go is not None:
+                runs(client, deployment_id, 3)
+                drain()
+                out.put(None)
+                go.wait()
+            c0 = time.process_time()
+            runs(client, deployment_id, n)
+            spent = time.process_time() - c0
+            out.put(spent)
+            drain()  # after the count: a ceiling's rate is its runs'; its server CPU has them all
+    except BaseException as exc:  # the parent waits on `out`: tell it instead of hanging
+        out.put(RuntimeError(f"Prefect's runs failed: {exc!r}"))
+        raise
+
+
+def take(out: Any, timeout: float) -> Any:
+    """The next value a :func:`shaped_runs` child put on ``out``; its failure raised here."""
+    value = out.get(timeout=timeout)
+    if isinstance(value, Exception):
+        raise value
+    return value
 
 
 def tree_cpu(roots: dict[str, int]) -> dict[str, float]:

@@ -41,7 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import shaped_runs, tree_cpu
+from benchlib import shaped_runs, take, tree_cpu
 from inbox_load import embedded_system_env, feed_and_watch, simulate_files
 
 #: Requests of Prefect's own empty flow run, created and run in-process (counted against the
@@ -75,14 +75,14 @@ def prefect_floor(server_pid: int, n: int, tasks: int, deployment: bool) -> tupl
     out, go = ctx.Queue(), ctx.Event()
     child = ctx.Process(target=shaped_runs, args=(n, tasks, deployment, out, go))
     child.start()
-    out.get(timeout=300)  # its warm-up done
+    take(out, 300)  # its warm-up done
     time.sleep(_SERVER_FLUSH_S)
     s0, t0 = server_cpu(), time.monotonic()
     time.sleep(10)
     idle = (server_cpu() - s0) / (time.monotonic() - t0)
     s0, t0 = server_cpu(), time.monotonic()
     go.set()
-    client = out.get(timeout=600)
+    client = take(out, 600)
     child.join()
     time.sleep(_SERVER_FLUSH_S)  # the events and task-run states still in the server's batches
     server = server_cpu() - s0 - idle * (time.monotonic() - t0)
