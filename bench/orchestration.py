@@ -22,6 +22,13 @@ inbox watcher) under a temporary home and free ports. Then, in the same run:
    end) against the payload-only bound; the backlog sampled every 5 s; the flow runs and the
    server's API requests per file (the server's own count by route, read at the start and the
    end of the feed; ``--detail`` lists the routes).
+4. **Prefect's floor**, after the drain, on the same server: ``--floor-runs`` flow runs of
+   the DQM runs' shape (six tasks that do nothing) and of none, created directly or from a
+   deployment and claimed from a pool as a worker does, run in-process one after another:
+   the server's CPU beyond its idle rate and the client's, four runs per file, against the
+   payloads' CPU. What Prefect itself spends for runs of that shape, whatever runs them; the
+   sustained rate the cores would allow at that floor, ``payload / (payload + floor)`` of the
+   bound.
 
 Goals (issue 20): orchestration CPU per file at most 0.25x the payloads'; sustained files/s at
 least 0.8x the payload-only bound, backlog bounded.

@@ -10,6 +10,9 @@ same run:
 * throughput with 4 pilots: N trivial jobs at once, jobs/s until the last one finishes;
 * a queue of 1000 jobs with as many pilots as asked for (``--many-pilots``), with the Prefect
   server's CPU (percent of one core) and resident memory sampled with psutil meanwhile;
+* Prefect's ceiling on this machine: empty flow runs created and run in-process by 4 clients;
+  and Prefect's ceiling for deployment runs: the same, each created from a deployment in a
+  pool of its client's own, fetched and claimed (``Pending``) as any worker takes its runs;
 * where the CPU goes, per job of the 4-pilot throughput and per run of Prefect's ceiling: the
   server, the database (PostgreSQL's processes), the pilot worker with its pilots, and this
   process with its clients: the server's CPU per job beside its CPU per empty run says how
