@@ -31,6 +31,7 @@ def server_environment(settings: Settings) -> dict[str, str]:
         # SQLite on a shared disk: give writers time instead of failing at once.
         "PREFECT_API_DATABASE_TIMEOUT": "30",
         "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+        "PREFECT_SERVER_SERVICES_LATE_RUNS_AFTER_SECONDS": str(settings.server.late_after_seconds),
         **retention_environment(settings),
         **task_run_recorder_environment(settings),
         **redis_environment(settings.prefect_redis_url),

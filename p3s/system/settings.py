@@ -93,6 +93,14 @@ class ServerSettings(BaseModel):
         "1 made the recorder half the server's CPU for a DQM run of six tasks (0.45 CPU-s "
         "per run against 0.27 with 50, measured on two cores).",
     )
+    late_after_seconds: int = Field(
+        60,
+        ge=1,
+        description="A scheduled run that has not started this long after its scheduled time "
+        "is marked Late (the UI's sign of a backlog). The mission's target: DQM runs within a "
+        "minute of a file's arrival; Prefect's 15 s flags runs as soon as a backlog of a few "
+        "files forms.",
+    )
     task_run_flush_seconds: int = Field(
         1,
         ge=1,

@@ -70,3 +70,25 @@ def test_the_server_records_task_run_states_in_batches(
             monkeypatch.setenv(key, value)
     recorder = PrefectSettings().server.services.task_run_recorder
     assert (recorder.batch_size, recorder.read_batch_size, recorder.flush_interval) == (64, 64, 2)
+
+
+def test_runs_are_late_after_the_missions_minute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Prefect reads the late-runs threshold from the variables the server is started with:
+    a minute by default (the mission's latency target), not Prefect's 15 s."""
+    from datetime import timedelta
+
+    from prefect.settings import Settings as PrefectSettings
+
+    from p3s.system.prefect_env import server_environment
+    from p3s.system.settings import Settings
+
+    for server, expected in (({}, 60), ({"late_after_seconds": 90}, 90)):
+        env = server_environment(Settings(home=tmp_path, server=server))
+        monkeypatch.setenv(
+            "PREFECT_SERVER_SERVICES_LATE_RUNS_AFTER_SECONDS",
+            env["PREFECT_SERVER_SERVICES_LATE_RUNS_AFTER_SECONDS"],
+        )
+        late_runs = PrefectSettings().server.services.late_runs
+        assert late_runs.after_seconds == timedelta(seconds=expected)
