@@ -108,3 +108,17 @@ class BelowTarget:
             self.reported = True
             return now - self.since
         return None
+
+
+def roll_call(
+    seen: set[str], retiring: set[str], connected: set[str], held: set[str]
+) -> tuple[set[str], set[str], list[str]]:
+    """One look at the pilots: ``(seen, retiring, lost)`` after it (``seen``: those connected
+    now).
+
+    A pilot seen connected that is gone without having been retired is lost. A retired pilot
+    stays ``retiring`` while it is held or connected: a pilot retired while it was starting
+    may still connect, and is then closed by Dask; that is no loss.
+    """
+    lost = sorted(seen - connected - retiring)
+    return set(connected), retiring & (held | connected), lost

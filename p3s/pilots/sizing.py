@@ -95,15 +95,13 @@ class PoolSizing:
         now = time.monotonic()
 
         # Pilots that were connected and vanished without being retired: lost.
-        for name in sorted(self._seen - set(connected)):
-            self._seen.discard(name)
-            if name in self.retiring:
-                continue
+        self._seen, self.retiring, lost = scaling.roll_call(
+            self._seen, self.retiring, set(connected), set(held)
+        )
+        for name in lost:
             self._lost += 1
             self._logger.warning("pilot %s lost", name)
             w.outcomes.lost_event(name, [])
-        self._seen |= set(connected)
-        self.retiring &= set(held)
         for name in list(self._idle_since):
             if name not in connected or name in busy:
                 del self._idle_since[name]

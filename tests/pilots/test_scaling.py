@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from p3s.pilots.limits import jobtype_of
-from p3s.pilots.scaling import decide, required_pilots
+from p3s.pilots.scaling import decide, required_pilots, roll_call
 
 
 def test_required_follows_backlog_within_bounds() -> None:
@@ -113,3 +113,19 @@ def test_a_pool_with_more_free_slots_than_a_page_asks_for_one_page() -> None:
     dispatch.refresh_limits = no_limits  # type: ignore[method-assign]
     asyncio.run(dispatch.fetch_and_submit())
     assert asked == [FETCH_LIMIT] and FETCH_LIMIT <= 200
+
+
+def test_a_pilot_retired_while_starting_is_not_lost_when_it_connects_and_closes() -> None:
+    """Seen in `p3s demo`: the pool retired pilot 3 while it was starting; it connected once
+    out of the cluster's spec, Dask closed it, and it was reported lost (a false alarm)."""
+    seen, retiring = {"0", "1", "2"}, {"3"}  # just retired: no longer held, not connected
+    seen, retiring, lost = roll_call(seen, retiring, {"0", "1", "2", "3"}, {"0", "1", "2"})
+    assert (lost, retiring) == ([], {"3"})
+    seen, retiring, lost = roll_call(seen, retiring, {"0", "1", "2"}, {"0", "1", "2"})
+    assert (lost, retiring, seen) == ([], set(), {"0", "1", "2"})
+
+
+def test_a_pilot_gone_without_retirement_is_lost_once() -> None:
+    seen, retiring, lost = roll_call({"0", "1"}, set(), {"0"}, {"0", "1"})
+    assert lost == ["1"]
+    assert roll_call(seen, retiring, {"0"}, {"0", "1"})[2] == []
