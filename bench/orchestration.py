@@ -63,6 +63,11 @@ DQM_TASKS = 6
 FLOOR_SHAPES = ((DQM_TASKS, True), (0, True), (DQM_TASKS, False), (0, False))
 
 
+#: Seconds after which the server has stored what it was sent: its event persister flushes
+#: every 5 s, the task-run recorder every 1 s.
+_SERVER_FLUSH_S = 7.0
+
+
 def floor_label(tasks: int, deployment: bool) -> str:
     made = "from a deployment, claimed from a pool" if deployment else "created directly"
     return f"runs of {tasks} empty tasks, {made}, in-process"
@@ -94,11 +99,6 @@ def prefect_floor(server_pid: int, n: int, tasks: int, deployment: bool) -> tupl
     time.sleep(_SERVER_FLUSH_S)  # the events and task-run states still in the server's batches
     server = server_cpu() - s0 - idle * (time.monotonic() - t0)
     return server / n, client / n
-
-
-#: Seconds after which the server has stored what it was sent: its event persister flushes
-#: every 5 s, the task-run recorder every 1 s.
-_SERVER_FLUSH_S = 7.0
 
 
 def payload_cpu(path: Path, outbox: Path) -> tuple[float, float]:
